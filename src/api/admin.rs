@@ -1,0 +1,226 @@
+//! `/admin`: the failed-message store and the parking queue, for operators. Every route
+//! needs `Authorization: Bearer ADMIN_TOKEN`; every action is logged with what it touched.
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use serde::Serialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::extract::{EntityId, QueryPairs};
+use super::resource::{paged, Listing};
+use super::AppState;
+use crate::broker::headers;
+use crate::broker::{Outgoing, PublishError};
+use crate::domain::FieldError;
+use crate::retry::{republished, PARKED_FROM};
+use crate::store::failed::{self, FailedFilter, FailedMessage};
+
+/// Rows requeued per transaction by "requeue all".
+const REQUEUE_BATCH: i64 = 200;
+
+/// The admin routes, behind the bearer-token check.
+pub fn router(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/admin/failed-messages", get(list))
+        .route("/admin/failed-messages/requeue", post(requeue_all))
+        .route("/admin/failed-messages/{id}", get(show).delete(discard))
+        .route("/admin/failed-messages/{id}/requeue", post(requeue_one))
+        .route("/admin/parking/requeue", post(replay_parking))
+        .route_layer(middleware::from_fn_with_state(state, require_token))
+}
+
+/// Refuses requests without the right token, comparing in constant time (of hashes, so
+/// the length leaks nothing either).
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(expected) = state.config.admin_token.as_deref() else {
+        return ApiError::AdminDisabled.into_response();
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let matches: bool = Sha256::digest(given.as_bytes()).ct_eq(&Sha256::digest(expected.as_bytes())).into();
+    if given.is_empty() || !matches {
+        tracing::warn!(path = %request.uri().path(), "admin call refused: bad token");
+        return ApiError::Unauthorized.into_response();
+    }
+    next.run(request).await
+}
+
+/// A failed message as the admin API shows it: the body as text when it is UTF-8, and
+/// always as hex, so nothing is lost.
+#[derive(Debug, Serialize)]
+struct FailedView {
+    #[serde(flatten)]
+    message: FailedMessage,
+    body: Option<String>,
+    body_hex: String,
+    body_size: usize,
+}
+
+impl From<FailedMessage> for FailedView {
+    fn from(message: FailedMessage) -> Self {
+        let body = String::from_utf8(message.body.clone()).ok();
+        let body_hex = message.body.iter().map(|b| format!("{b:02x}")).collect();
+        let body_size = message.body.len();
+        Self { message, body, body_hex, body_size }
+    }
+}
+
+async fn list(State(state): State<AppState>, query: QueryPairs) -> Result<Json<Listing<FailedView>>, ApiError> {
+    query.checked(&["status", "queue", "limit", "after"])?;
+    let page = query.page()?;
+    let status = match query.get("status") {
+        None => None,
+        Some("pending") => Some("pending"),
+        Some("requeued") => Some("requeued"),
+        Some("discarded") => Some("discarded"),
+        Some(_) => return Err(FieldError::new("status", "must be one of pending, requeued, discarded").into()),
+    };
+    let filter = FailedFilter { status, queue: query.get("queue").map(str::to_owned), after: page.after, limit: page.limit };
+    let rows = failed::list(&state.pool, &filter).await?;
+    let listing = paged(rows, page.limit, |row| row.id);
+    Ok(Json(Listing { items: listing.items.into_iter().map(FailedView::from).collect(), next: listing.next }))
+}
+
+async fn show(State(state): State<AppState>, EntityId(id): EntityId) -> Result<Json<FailedView>, ApiError> {
+    let row = failed::get(&state.pool, id).await?.ok_or(ApiError::NotFound("failed message not found"))?;
+    Ok(Json(row.into()))
+}
+
+async fn requeue_one(State(state): State<AppState>, EntityId(id): EntityId) -> Result<Json<FailedView>, ApiError> {
+    let mut tx = state.pool.begin().await.map_err(crate::store::StoreError::from)?;
+    let mut row = failed::lock(&mut tx, id).await?.ok_or(ApiError::NotFound("failed message not found"))?;
+    if row.status != "pending" {
+        return Err(ApiError::conflict("already_resolved", format!("the message was already {}", row.status)));
+    }
+    republish(&state, std::slice::from_ref(&row)).await?;
+    failed::resolve(&mut tx, &[id], "requeued").await?;
+    tx.commit().await.map_err(crate::store::StoreError::from)?;
+    metrics::counter!("order_timeout_requeued_total", "source" => "failed_messages").increment(1);
+    tracing::info!(failed_message_id = %id, message_id = ?row.message_id, queue = %row.queue, "admin requeued a failed message");
+    row.status = "requeued".into();
+    Ok(Json(row.into()))
+}
+
+async fn requeue_all(State(state): State<AppState>, query: QueryPairs) -> Result<Json<Value>, ApiError> {
+    query.checked(&["queue"])?;
+    let queue = query.get("queue");
+    let mut requeued = 0usize;
+    loop {
+        let mut tx = state.pool.begin().await.map_err(crate::store::StoreError::from)?;
+        let rows = failed::lock_unresolved(&mut tx, queue, REQUEUE_BATCH).await?;
+        if rows.is_empty() {
+            break;
+        }
+        republish(&state, &rows).await?;
+        let ids: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
+        failed::resolve(&mut tx, &ids, "requeued").await?;
+        tx.commit().await.map_err(crate::store::StoreError::from)?;
+        requeued += rows.len();
+        for row in &rows {
+            tracing::info!(failed_message_id = %row.id, message_id = ?row.message_id, queue = %row.queue, "admin requeued a failed message (bulk)");
+        }
+    }
+    metrics::counter!("order_timeout_requeued_total", "source" => "failed_messages").increment(requeued as u64);
+    tracing::info!(requeued, queue = ?queue, "admin requeued all unresolved failed messages");
+    Ok(Json(json!({ "requeued": requeued })))
+}
+
+/// Republishes stored messages to the queue they failed on, confirmed, retry count reset.
+async fn republish(state: &AppState, rows: &[FailedMessage]) -> Result<(), ApiError> {
+    let properties: Vec<_> = rows
+        .iter()
+        .map(|row| {
+            let mut props = republished(&Default::default(), headers::from_json_for_requeue(&row.headers));
+            if let Some(id) = &row.message_id {
+                props = props.with_message_id(id.as_str().into());
+            }
+            props
+        })
+        .collect();
+    let messages: Vec<Outgoing<'_>> = rows
+        .iter()
+        .zip(properties)
+        .map(|(row, properties)| Outgoing { exchange: "", routing_key: &row.queue, body: &row.body, properties, mandatory: true })
+        .collect();
+    state.broker.publish(&messages).await.map_err(broker_error)
+}
+
+fn broker_error(error: PublishError) -> ApiError {
+    tracing::warn!(%error, "admin action could not publish");
+    ApiError::BrokerUnavailable
+}
+
+async fn discard(State(state): State<AppState>, EntityId(id): EntityId) -> Result<StatusCode, ApiError> {
+    let mut tx = state.pool.begin().await.map_err(crate::store::StoreError::from)?;
+    let row = failed::lock(&mut tx, id).await?.ok_or(ApiError::NotFound("failed message not found"))?;
+    match row.status.as_str() {
+        "pending" => {
+            failed::resolve(&mut tx, &[id], "discarded").await?;
+            tx.commit().await.map_err(crate::store::StoreError::from)?;
+            tracing::info!(failed_message_id = %id, message_id = ?row.message_id, "admin discarded a failed message");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        "discarded" => Ok(StatusCode::NO_CONTENT),
+        _ => Err(ApiError::conflict("already_resolved", "the message was already requeued")),
+    }
+}
+
+/// Moves every message that was in the parking queue when the call began back to the
+/// due queue: publish confirmed, then ack the parked copy.
+async fn replay_parking(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let topology = state.broker.topology();
+    let channel = state.broker.channel().await.map_err(broker_error)?;
+    let passive = QueueDeclareOptions { passive: true, durable: true, ..Default::default() };
+    let queue = channel
+        .queue_declare(topology.parking_queue.as_str().into(), passive, FieldTable::default())
+        .await
+        .map_err(|e| broker_error(e.into()))?;
+    let mut replayed = 0u32;
+    for _ in 0..queue.message_count() {
+        let Some(message) = channel
+            .basic_get(topology.parking_queue.as_str().into(), BasicGetOptions::default())
+            .await
+            .map_err(|e| broker_error(e.into()))?
+        else {
+            break;
+        };
+        let delivery = &message.delivery;
+        let mut stored = headers::to_json(&delivery.properties.headers().clone().unwrap_or_default());
+        if let Value::Object(map) = &mut stored {
+            map.remove(PARKED_FROM);
+        }
+        let table = headers::from_json_for_requeue(&stored);
+        let outgoing = Outgoing {
+            exchange: "",
+            routing_key: &topology.due_queue,
+            body: &delivery.data,
+            properties: republished(&delivery.properties, table),
+            mandatory: true,
+        };
+        if let Err(error) = state.broker.publish(&[outgoing]).await {
+            let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+            return Err(broker_error(error));
+        }
+        delivery.ack(BasicAckOptions::default()).await.map_err(|e| broker_error(e.into()))?;
+        replayed += 1;
+        tracing::info!(message_id = ?delivery.properties.message_id(), "admin replayed a parked message");
+    }
+    let _ = channel.close(200, "done".into()).await;
+    metrics::counter!("order_timeout_requeued_total", "source" => "parking").increment(u64::from(replayed));
+    tracing::info!(replayed, "admin replayed the parking queue");
+    Ok(Json(json!({ "requeued": replayed })))
+}

@@ -1,0 +1,125 @@
+//! Every error the API can answer, and the one place that maps each to a status and a
+//! JSON body `{"error":{"code","message"[,"field"]}}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::domain::FieldError;
+use crate::store::entities::CreateError;
+use crate::store::StoreError;
+
+/// An error answered to a client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not JSON.
+    #[error("{0}")]
+    InvalidJson(String),
+    /// A field failed validation.
+    #[error(transparent)]
+    Validation(#[from] FieldError),
+    /// The body is over the limit.
+    #[error("request body exceeds 64 KiB")]
+    PayloadTooLarge,
+    /// A path id is not a UUID.
+    #[error("id must be a UUID")]
+    InvalidId,
+    /// No such resource or route.
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// The route exists, the method does not.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The state of the resource forbids the action.
+    #[error("{message}")]
+    Conflict {
+        /// Machine-readable reason, e.g. `order_expired`.
+        code: &'static str,
+        /// Human-readable explanation.
+        message: String,
+    },
+    /// An idempotency key was reused with another body.
+    #[error("Idempotency-Key was already used with a different request body")]
+    IdempotencyKeyReused,
+    /// Admin call without the right bearer token.
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    /// Admin API switched off (no ADMIN_TOKEN).
+    #[error("admin API disabled: set ADMIN_TOKEN")]
+    AdminDisabled,
+    /// PostgreSQL unreachable or saturated.
+    #[error("database unavailable, retry later")]
+    DatabaseUnavailable,
+    /// RabbitMQ unreachable (admin requeues need it).
+    #[error("broker unavailable, retry later")]
+    BrokerUnavailable,
+    /// A bug; details are in the log, never in the response.
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
+            ApiError::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::InvalidId => (StatusCode::BAD_REQUEST, "invalid_id"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
+            ApiError::IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::AdminDisabled => (StatusCode::SERVICE_UNAVAILABLE, "admin_disabled"),
+            ApiError::DatabaseUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
+            ApiError::BrokerUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable"),
+            ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    /// A 409 with a code and message.
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Conflict { code, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let mut error = json!({"code": code, "message": self.to_string()});
+        if let ApiError::Validation(field) = &self {
+            error["field"] = json!(field.field);
+            error["message"] = json!(field.message);
+        }
+        let mut response = (status, Json(json!({ "error": error }))).into_response();
+        if matches!(self, ApiError::Unauthorized) {
+            response.headers_mut().insert("www-authenticate", axum::http::HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "database unavailable");
+                ApiError::DatabaseUnavailable
+            }
+            StoreError::Other(cause) => {
+                tracing::error!(error = ?cause, "database error");
+                ApiError::Internal
+            }
+        }
+    }
+}
+
+impl From<CreateError> for ApiError {
+    fn from(error: CreateError) -> Self {
+        match error {
+            CreateError::KeyReused => ApiError::IdempotencyKeyReused,
+            CreateError::Store(store) => store.into(),
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! Liveness, readiness, metrics and the OpenAPI document.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use super::AppState;
+use crate::store::outbox;
+
+/// The repository's `openapi.yaml`, served as is.
+pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
+/// How long a readiness probe waits for the database.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The operational routes (no authentication).
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.yaml", get(openapi))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// 200 when both dependencies answer; 503 naming the one that does not.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let database = database_up(&state).await;
+    let broker = state.broker.is_connected();
+    let word = |up: bool| if up { "up" } else { "down" };
+    let checks = json!({"database": word(database), "broker": word(broker)});
+    if database && broker {
+        return (StatusCode::OK, Json(json!({"status": "ready", "checks": checks}))).into_response();
+    }
+    let down: Vec<&str> = [("database", database), ("broker", broker)].iter().filter(|(_, up)| !up).map(|(n, _)| *n).collect();
+    let message = format!("unavailable: {}", down.join(", "));
+    let body = json!({"error": {"code": "not_ready", "message": message}, "checks": checks});
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
+async fn database_up(state: &AppState) -> bool {
+    let probe = sqlx::query("select 1").execute(&state.pool);
+    matches!(tokio::time::timeout(PROBE_TIMEOUT, probe).await, Ok(Ok(_)))
+}
+
+/// Prometheus text; the outbox backlog is read at scrape time.
+async fn metrics(State(state): State<AppState>) -> Response {
+    if let Ok(Ok(backlog)) = tokio::time::timeout(PROBE_TIMEOUT, outbox::backlog(&state.pool)).await {
+        metrics::gauge!("order_timeout_outbox_backlog").set(backlog as f64);
+    }
+    metrics::gauge!("order_timeout_broker_connected").set(if state.broker.is_connected() { 1.0 } else { 0.0 });
+    let body = state.metrics.render();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI_YAML).into_response()
+}

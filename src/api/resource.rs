@@ -1,0 +1,107 @@
+//! What orders and waybills share over HTTP: create with an idempotency key, get, and
+//! list with cursor paging.
+
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::extract::{JsonBody, QueryPairs};
+use super::AppState;
+use crate::domain::FieldError;
+use crate::store::entities::{self, Entity, ListFilter, NewEntity};
+use crate::store::idempotency::IdempotencyKey;
+
+/// The header clients use to make a create safe to retry.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Creates an entity from a request body; 201 when new, 200 when an idempotency key
+/// replays an earlier create.
+pub async fn create<N: NewEntity>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: JsonBody,
+    scope: &'static str,
+    parse: fn(&Value) -> Result<N, FieldError>,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(headers, scope, &body)?;
+    let new = parse(&body.value)?;
+    let kind = <N::Entity as Entity>::KIND;
+    let timeout = state.config.timeout_of(kind);
+    let created = entities::create(&state.pool, &new, timeout, key.as_ref()).await?;
+    let id = created.entity.id();
+    let status = if created.replayed {
+        tracing::info!(entity_id = %id, kind = kind.as_str(), "create replayed from idempotency key");
+        StatusCode::OK
+    } else {
+        state.relay_wakeup.notify_one();
+        metrics::counter!("order_timeout_entities_total", "kind" => kind.as_str(), "event" => "created").increment(1);
+        tracing::info!(entity_id = %id, kind = kind.as_str(), expires_at = %created.entity.expires_at(), "created");
+        StatusCode::CREATED
+    };
+    let location = HeaderValue::from_str(&format!("/{scope}/{id}")).map_err(|_| ApiError::Internal)?;
+    Ok((status, [(header::LOCATION, location)], Json(created.entity)).into_response())
+}
+
+fn idempotency_key(headers: &HeaderMap, scope: &'static str, body: &JsonBody) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else { return Ok(None) };
+    let key = value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .ok_or_else(|| FieldError::new("Idempotency-Key", "must be 1 to 255 visible ASCII characters"))?;
+    Ok(Some(IdempotencyKey::new(scope, key.to_owned(), &body.raw)))
+}
+
+/// Reads one entity or answers 404.
+pub async fn get<T: Entity>(state: &AppState, id: Uuid) -> Result<Json<T>, ApiError> {
+    entities::get::<T>(&state.pool, id).await?.map(Json).ok_or(ApiError::NotFound(not_found(T::KIND)))
+}
+
+/// The 404 message of a kind.
+pub fn not_found(kind: crate::domain::EntityKind) -> &'static str {
+    match kind {
+        crate::domain::EntityKind::Order => "order not found",
+        crate::domain::EntityKind::Waybill => "waybill not found",
+    }
+}
+
+/// A page of a listing.
+#[derive(Debug, Serialize)]
+pub struct Listing<T> {
+    /// Newest first.
+    pub items: Vec<T>,
+    /// Pass as `after` to get the next page; null on the last page.
+    pub next: Option<Uuid>,
+}
+
+/// Lists entities; `owner_param` is the query parameter of the owner filter.
+pub async fn list<T: Entity>(
+    state: &AppState,
+    query: &QueryPairs,
+    owner_param: &'static str,
+    parse_status: fn(&str) -> Result<&'static str, FieldError>,
+) -> Result<Json<Listing<T>>, ApiError> {
+    query.checked(&["status", owner_param, "limit", "after"])?;
+    let page = query.page()?;
+    let status = query.get("status").map(parse_status).transpose()?;
+    let owner = query.get(owner_param).map(str::to_owned);
+    if T::OWNER_FILTER.1 == "uuid" {
+        if let Some(owner) = &owner {
+            Uuid::parse_str(owner).map_err(|_| FieldError::new(owner_param, "must be a UUID"))?;
+        }
+    }
+    let filter = ListFilter { status, owner, after: page.after, limit: page.limit };
+    let items = entities::list::<T>(&state.pool, &filter).await?;
+    Ok(Json(paged(items, page.limit, Entity::id)))
+}
+
+/// Builds a page: the cursor is the last id when the page is full.
+pub fn paged<T>(items: Vec<T>, limit: i64, id: fn(&T) -> Uuid) -> Listing<T> {
+    let next = if items.len() as i64 == limit { items.last().map(id) } else { None };
+    Listing { items, next }
+}

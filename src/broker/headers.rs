@@ -1,0 +1,142 @@
+//! AMQP headers as JSON (to store a failed message) and back (to requeue it), and the
+//! headers our retry loop reads and writes.
+
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
+use serde_json::{Map, Number, Value};
+
+/// How many retries a message has been through.
+pub const RETRY_COUNT: &str = "x-retry-count";
+/// The error of the last failed attempt.
+pub const LAST_ERROR: &str = "x-last-error";
+/// When the message first failed, milliseconds since the Unix epoch.
+pub const FIRST_FAILED_AT: &str = "x-first-failed-at";
+/// The broker's own dead-letter bookkeeping: never republished by us.
+const BROKER_OWNED: [&str; 7] = [
+    "x-death",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-last-death-exchange",
+    "x-last-death-queue",
+    "x-last-death-reason",
+];
+
+/// Converts headers to JSON: numbers stay numbers, byte strings become text when UTF-8
+/// and an array of bytes otherwise.
+pub fn to_json(table: &FieldTable) -> Value {
+    Value::Object(table.inner().iter().map(|(k, v)| (k.to_string(), value_to_json(v))).collect())
+}
+
+fn value_to_json(value: &AMQPValue) -> Value {
+    match value {
+        AMQPValue::Boolean(b) => Value::Bool(*b),
+        AMQPValue::ShortShortInt(n) => Value::from(*n),
+        AMQPValue::ShortShortUInt(n) => Value::from(*n),
+        AMQPValue::ShortInt(n) => Value::from(*n),
+        AMQPValue::ShortUInt(n) => Value::from(*n),
+        AMQPValue::LongInt(n) => Value::from(*n),
+        AMQPValue::LongUInt(n) => Value::from(*n),
+        AMQPValue::LongLongInt(n) => Value::from(*n),
+        AMQPValue::Timestamp(n) => Value::from(*n),
+        AMQPValue::Float(f) => Number::from_f64(f64::from(*f)).map_or(Value::Null, Value::Number),
+        AMQPValue::Double(f) => Number::from_f64(*f).map_or(Value::Null, Value::Number),
+        AMQPValue::DecimalValue(d) => Value::String(format!("{d:?}")),
+        AMQPValue::ShortString(s) => Value::String(s.to_string()),
+        AMQPValue::LongString(s) => bytes_to_json(s.as_bytes()),
+        AMQPValue::ByteArray(b) => bytes_to_json(b.as_slice()),
+        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(value_to_json).collect()),
+        AMQPValue::FieldTable(t) => to_json(t),
+        AMQPValue::Void => Value::Null,
+    }
+}
+
+fn bytes_to_json(bytes: &[u8]) -> Value {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Value::String(text.to_owned()),
+        Err(_) => Value::Array(bytes.iter().map(|b| Value::from(*b)).collect()),
+    }
+}
+
+/// Converts stored JSON headers back, leaving out the broker's dead-letter bookkeeping
+/// and our retry count (a requeue starts the retries afresh).
+pub fn from_json_for_requeue(headers: &Value) -> FieldTable {
+    let mut table = FieldTable::default();
+    if let Value::Object(map) = headers {
+        for (key, value) in map {
+            if key == RETRY_COUNT || key == FIRST_FAILED_AT || BROKER_OWNED.contains(&key.as_str()) {
+                continue;
+            }
+            table.insert(key.as_str().into(), json_to_value(value));
+        }
+    }
+    table
+}
+
+fn json_to_value(value: &Value) -> AMQPValue {
+    match value {
+        Value::Null => AMQPValue::Void,
+        Value::Bool(b) => AMQPValue::Boolean(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => AMQPValue::LongLongInt(i),
+            None => AMQPValue::Double(n.as_f64().unwrap_or_default()),
+        },
+        Value::String(s) => long_string(s),
+        Value::Array(items) => AMQPValue::FieldArray(FieldArray::from(items.iter().map(json_to_value).collect::<Vec<_>>())),
+        Value::Object(map) => AMQPValue::FieldTable(object_to_table(map)),
+    }
+}
+
+fn object_to_table(map: &Map<String, Value>) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (key, value) in map {
+        table.insert(key.as_str().into(), json_to_value(value));
+    }
+    table
+}
+
+/// A text header value.
+pub fn long_string(text: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(text.as_bytes().to_vec()))
+}
+
+/// Reads an integer header written by us or by another client in any integer width.
+pub fn integer(table: Option<&FieldTable>, key: &str) -> Option<i64> {
+    match table?.inner().get(key)? {
+        AMQPValue::ShortShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortShortUInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortUInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::Timestamp(n) => i64::try_from(*n).ok(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_survive_a_round_trip_without_broker_bookkeeping() {
+        let mut table = FieldTable::default();
+        table.insert("x-tenant".into(), long_string("acme"));
+        table.insert("x-retry-count".into(), AMQPValue::LongLongInt(3));
+        table.insert("x-death".into(), AMQPValue::FieldArray(FieldArray::default()));
+        table.insert("n".into(), AMQPValue::LongInt(7));
+        let json = to_json(&table);
+        assert_eq!(json["x-tenant"], "acme");
+        let back = from_json_for_requeue(&json);
+        assert!(back.inner().get("x-death").is_none());
+        assert!(back.inner().get("x-retry-count").is_none());
+        assert_eq!(integer(Some(&back), "n"), Some(7));
+    }
+
+    #[test]
+    fn non_utf8_header_bytes_are_kept_as_numbers() {
+        let mut table = FieldTable::default();
+        table.insert("raw".into(), AMQPValue::LongString(LongString::from(vec![0xff, 0x00])));
+        assert_eq!(to_json(&table)["raw"], serde_json::json!([255, 0]));
+    }
+}

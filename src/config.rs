@@ -1,0 +1,164 @@
+//! Every setting of the service in one place, read from flags or the environment.
+//!
+//! The names are the contract of DESIGN.md; each flag falls back to its environment
+//! variable, then to the default shown in `--help`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+/// How `order-timeout serve` is configured.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// PostgreSQL holding orders, waybills, the outbox and failed messages; created if missing.
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/order_timeout")]
+    pub database_url: String,
+
+    /// RabbitMQ holding the timers.
+    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    pub amqp_url: String,
+
+    /// Address the HTTP API listens on (port 0 picks a free one).
+    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+
+    /// How long an order may stay unpaid before it is cancelled.
+    #[arg(long, env = "ORDER_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
+    pub order_timeout: Duration,
+
+    /// How long a waybill may wait for a carrier before it is cancelled.
+    #[arg(long, env = "WAYBILL_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
+    pub waybill_timeout: Duration,
+
+    /// First part of every exchange and queue name, so several deployments share a broker.
+    #[arg(long, env = "QUEUE_PREFIX", default_value = "order_timeout", value_parser = parse_prefix)]
+    pub queue_prefix: String,
+
+    /// `classic` queues for one broker, `quorum` for a cluster.
+    #[arg(long, env = "QUEUE_TYPE", default_value = "classic")]
+    pub queue_type: crate::broker::QueueType,
+
+    /// Due-queue deliveries handled at the same time.
+    #[arg(long, env = "CONSUMER_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub consumer_concurrency: u16,
+
+    /// Unacknowledged deliveries the broker may push to this instance.
+    #[arg(long, env = "PREFETCH", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    pub prefetch: u16,
+
+    /// One retry tier per delay; their count is the retry limit.
+    #[arg(long, env = "RETRY_DELAYS", default_value = "1s,5s,30s,2m,10m", value_parser = parse_duration, value_delimiter = ',')]
+    pub retry_delays: Vec<Duration>,
+
+    /// How often the sweeper cancels overdue rows whose timer was lost or is late.
+    #[arg(long, env = "SWEEP_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub sweep_interval: Duration,
+
+    /// How far past its deadline a pending row must be before the sweeper cancels it,
+    /// so the sweeper only catches what the timers missed.
+    #[arg(long, env = "SWEEP_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub sweep_grace: Duration,
+
+    /// Bearer token of the admin API; unset disables it (503 `admin_disabled`).
+    #[arg(long, env = "ADMIN_TOKEN")]
+    pub admin_token: Option<String>,
+
+    /// Where alerts about failed messages are posted (DingTalk-robot compatible body).
+    #[arg(long, env = "ALERT_WEBHOOK_URL")]
+    pub alert_webhook_url: Option<String>,
+
+    /// How long to try to reach the broker before giving up and exiting; 0 = forever.
+    #[arg(long, env = "RECONNECT_MAX", default_value = "0", value_parser = parse_duration)]
+    pub reconnect_max: Duration,
+
+    /// Largest number of PostgreSQL connections this instance opens.
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
+    pub database_pool_size: u32,
+
+    /// How long a request waits for a database connection before answering 503.
+    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub database_acquire_timeout: Duration,
+
+    /// How long in-flight work may take to finish after SIGTERM.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Log lines as human-readable text or as JSON.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Output format of the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event.
+    Text,
+    /// One JSON object per event, for log shippers.
+    Json,
+}
+
+impl Config {
+    /// The settings of `serve` with every default, as if no flag or variable were given.
+    pub fn defaults() -> Self {
+        use clap::{FromArgMatches, Command};
+        let matches = Config::augment_args(Command::new("defaults"))
+            .ignore_errors(true)
+            .get_matches_from(["defaults"]);
+        // The defaults above are all valid, so this cannot fail.
+        Config::from_arg_matches(&matches).expect("built-in defaults parse")
+    }
+
+    /// The timeout of a kind of entity, used for its deadline and its cache bucket.
+    pub fn timeout_of(&self, kind: crate::domain::EntityKind) -> Duration {
+        match kind {
+            crate::domain::EntityKind::Order => self.order_timeout,
+            crate::domain::EntityKind::Waybill => self.waybill_timeout,
+        }
+    }
+}
+
+/// Parses `1500ms`, `5s`, `30m` and rejects zero, since a zero timeout or delay is a mistake.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text.trim()).map_err(|e| e.to_string())?;
+    if text.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if duration.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(duration)
+}
+
+/// Queue names allow only a safe alphabet, so a prefix can never break a name.
+fn parse_prefix(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() <= 100
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err("use 1 to 100 characters of [A-Za-z0-9_.-]".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_the_documentation_says() {
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn prefixes_are_restricted_to_a_safe_alphabet() {
+        assert!(parse_prefix("order_timeout").is_ok());
+        assert!(parse_prefix("a b").is_err());
+        assert!(parse_prefix("").is_err());
+    }
+}

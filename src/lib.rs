@@ -1,0 +1,38 @@
+//! # order-timeout
+//!
+//! Makes "cancel it if nobody acted in time" reliable. Timers live in RabbitMQ, the
+//! truth lives in PostgreSQL, and the database clock is the only clock.
+//!
+//! How an order travels from `POST /orders` to its cancellation:
+//!
+//! 1. [`api`] parses the request into [`domain`] values and calls [`store::entities`],
+//!    which inserts the order (pending, `expires_at = now() + ORDER_TIMEOUT` in SQL), its
+//!    timer and its `order.created` event into the outbox, in one transaction.
+//! 2. [`outbox`] (the relay), woken by LISTEN/NOTIFY, claims the rows with
+//!    `FOR UPDATE SKIP LOCKED` and publishes the timer with `expiration` = milliseconds
+//!    left into the cache bucket of its kind and timeout ([`broker::topology`]), waits for
+//!    the publisher confirm, then marks the rows published.
+//! 3. RabbitMQ expires the message at the head of the bucket and dead-letters it through
+//!    the delay exchange into the due queue.
+//! 4. [`timeouts`] consumes the due queue and cancels in one conditional UPDATE (still
+//!    pending and due by the database's `now()`), writing `order.cancelled` to the outbox.
+//! 5. Whatever did not go simply is routed by [`retry`]: early timers re-armed through
+//!    fixed-TTL delay levels, transient failures through retry tiers, hopeless messages
+//!    into `failed_messages` with an [`alert`], or the parking queue if even that fails.
+//! 6. [`sweeper`] cancels whatever is overdue past a grace period, in case a timer was
+//!    lost; [`broker`]'s supervisor reconnects when the broker goes away.
+//!
+//! [`startup`] wires the tasks together and stops them in order on shutdown.
+
+pub mod alert;
+pub mod api;
+pub mod broker;
+pub mod config;
+pub mod domain;
+pub mod outbox;
+pub mod retry;
+pub mod startup;
+pub mod store;
+pub mod sweeper;
+pub mod telemetry;
+pub mod timeouts;

@@ -1,0 +1,195 @@
+//! The outbox relay: publishes what committed transactions wrote to the outbox, in id
+//! order, with publisher confirms, and only then marks the rows published. Woken by
+//! LISTEN/NOTIFY (any instance's commits) and by an in-process `Notify` (our own), with
+//! a polling fallback; rows are claimed with `FOR UPDATE SKIP LOCKED` so any number of
+//! instances relay side by side.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::types::{FieldTable, ShortString};
+use lapin::BasicProperties;
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{Broker, Outgoing, PublishError, PERSISTENT};
+use crate::store::outbox::{self, Pending, NOTIFY_CHANNEL};
+use crate::store::StoreError;
+
+/// Rows published per transaction.
+const BATCH: i64 = 500;
+/// Longest sleep between two looks at the outbox when no notification arrives.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Pause after a failed batch before trying again.
+const FAILURE_PAUSE: Duration = Duration::from_millis(500);
+
+/// Why a batch was not published.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// Reading or marking the rows failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Publishing failed; the rows stay unpublished.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+impl From<sqlx::Error> for RelayError {
+    fn from(error: sqlx::Error) -> Self {
+        RelayError::Store(error.into())
+    }
+}
+
+/// Runs the relay until `shutdown`; the batch in flight finishes first.
+pub async fn run(pool: PgPool, broker: Broker, wakeup: Arc<Notify>, shutdown: CancellationToken) {
+    tokio::spawn(listen(pool.clone(), wakeup.clone(), shutdown.clone()));
+    let mut failing = false;
+    loop {
+        let pause = match relay_batch(&pool, &broker).await {
+            Ok(published) if published as i64 == BATCH => continue,
+            Ok(_) => {
+                if failing {
+                    tracing::info!("outbox relay publishing again");
+                    failing = false;
+                }
+                None
+            }
+            Err(error) => {
+                if !failing {
+                    tracing::warn!(%error, "outbox relay cannot publish, backlog kept in the database");
+                    failing = true;
+                }
+                Some(FAILURE_PAUSE)
+            }
+        };
+        let wait = pause.unwrap_or(POLL_INTERVAL);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = wakeup.notified(), if pause.is_none() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Keeps a LISTEN connection open and turns notifications into wake-ups.
+async fn listen(pool: PgPool, wakeup: Arc<Notify>, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            error = listen_until_error(&pool, &wakeup) => {
+                tracing::debug!(%error, "outbox listener lost, polling until it is back");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(POLL_INTERVAL) => {}
+        }
+    }
+}
+
+async fn listen_until_error(pool: &PgPool, wakeup: &Notify) -> sqlx::Error {
+    let mut listener = match PgListener::connect_with(pool).await {
+        Ok(listener) => listener,
+        Err(error) => return error,
+    };
+    if let Err(error) = listener.listen(NOTIFY_CHANNEL).await {
+        return error;
+    }
+    loop {
+        match listener.recv().await {
+            Ok(_) => wakeup.notify_one(),
+            Err(error) => return error,
+        }
+    }
+}
+
+/// Claims, publishes and marks one batch; returns how many rows it published.
+pub async fn relay_batch(pool: &PgPool, broker: &Broker) -> Result<usize, RelayError> {
+    let mut tx = pool.begin().await?;
+    let rows = outbox::claim(&mut tx, BATCH).await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let plans: Vec<Plan> = rows.iter().map(|row| plan(broker, row)).collect();
+    for plan in &plans {
+        if let Some(bucket) = &plan.declare_bucket {
+            broker.ensure_cache_queue(bucket).await?;
+        }
+    }
+    let messages: Vec<Outgoing<'_>> = plans.iter().map(Plan::outgoing).collect();
+    broker.publish(&messages).await?;
+    let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+    outbox::mark_published(&mut tx, &ids).await?;
+    tx.commit().await?;
+    for row in &rows {
+        metrics::counter!("order_timeout_outbox_published_total", "topic" => row.topic.clone()).increment(1);
+        tracing::debug!(entity_id = %row.entity_id, topic = %row.topic, key = %row.routing_key, "published");
+    }
+    Ok(rows.len())
+}
+
+/// Where and how one outbox row is published.
+struct Plan {
+    exchange: String,
+    routing_key: String,
+    body: Vec<u8>,
+    properties: BasicProperties,
+    mandatory: bool,
+    declare_bucket: Option<String>,
+}
+
+impl Plan {
+    fn outgoing(&self) -> Outgoing<'_> {
+        Outgoing {
+            exchange: &self.exchange,
+            routing_key: &self.routing_key,
+            body: &self.body,
+            properties: self.properties.clone(),
+            mandatory: self.mandatory,
+        }
+    }
+}
+
+fn plan(broker: &Broker, row: &Pending) -> Plan {
+    let topology = broker.topology();
+    let body = serde_json::to_vec(&row.payload).unwrap_or_default();
+    let base = BasicProperties::default()
+        .with_delivery_mode(PERSISTENT)
+        .with_content_type(ShortString::from("application/json"))
+        .with_timestamp(chrono::Utc::now().timestamp() as u64);
+    if row.topic == "timer" {
+        let ms_left = row.ms_left.unwrap_or(0).max(0);
+        let properties = base.with_message_id(row.entity_id.to_string().into()).with_headers(FieldTable::default());
+        if ms_left == 0 {
+            // Already due (published late, after an outage): straight to the due queue
+            // instead of waiting behind younger timers in the cache bucket.
+            return Plan {
+                exchange: String::new(),
+                routing_key: topology.due_queue.clone(),
+                body,
+                properties,
+                mandatory: true,
+                declare_bucket: None,
+            };
+        }
+        return Plan {
+            exchange: String::new(),
+            routing_key: topology.cache_queue(&row.routing_key),
+            body,
+            properties: properties.with_expiration(ms_left.to_string().into()),
+            mandatory: true,
+            declare_bucket: Some(row.routing_key.clone()),
+        };
+    }
+    Plan {
+        exchange: topology.events_exchange.clone(),
+        routing_key: row.routing_key.clone(),
+        body,
+        properties: base.with_message_id(format!("{}:{}", row.routing_key, row.entity_id).into()),
+        // Nobody may be bound to the events exchange yet; that is not a failure.
+        mandatory: false,
+        declare_bucket: None,
+    }
+}

@@ -1,0 +1,148 @@
+//! Builds the application from its configuration and runs it until shutdown. `main`
+//! and the tests both go through `Application::build`, so what is tested is what ships.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::alert::Alerter;
+use crate::api::{self, AppState};
+use crate::broker::{self, Broker, Topology};
+use crate::config::Config;
+use crate::domain::EntityKind;
+use crate::retry::Router;
+use crate::store::{self, PoolSettings};
+use crate::timeouts::DueConsumer;
+use crate::{outbox, sweeper, telemetry};
+
+/// A built, not yet running service: listening socket bound, database migrated.
+pub struct Application {
+    /// Everything the service was configured with.
+    config: Arc<Config>,
+    /// The bound HTTP socket (its port is known before `run`).
+    listener: TcpListener,
+    /// The database pool.
+    pool: PgPool,
+    /// The broker handle (connected by the supervisor once running).
+    broker: Broker,
+    /// Cancelled to stop the service.
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    /// Connects to the database (creating and migrating it), binds the HTTP port and
+    /// prepares the broker handle. The broker is reached only once running, so a broker
+    /// outage never prevents the service from starting.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let settings = PoolSettings {
+            max_connections: config.database_pool_size,
+            acquire_timeout: config.database_acquire_timeout,
+        };
+        let pool = store::connect(&config.database_url, settings).await.context("connecting to PostgreSQL")?;
+        store::migrate(&pool).await.context("migrating the database")?;
+        let listener = TcpListener::bind(config.http_addr).await.with_context(|| format!("binding {}", config.http_addr))?;
+        let broker = Broker::new(topology_of(&config));
+        Ok(Self { config: Arc::new(config), listener, pool, broker, shutdown: CancellationToken::new() })
+    }
+
+    /// The address the API listens on.
+    pub fn address(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.config.http_addr)
+    }
+
+    /// The database pool (tests inspect rows through it).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The broker handle.
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// Cancel this token to stop the service gracefully.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Runs every task until the shutdown token is cancelled, then stops them in order:
+    /// HTTP and the consumer finish what is in flight, the relay its batch, and only
+    /// then the broker connection closes. Fails if the broker stayed unreachable longer
+    /// than RECONNECT_MAX.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Self { config, listener, pool, broker, shutdown } = self;
+        let broker_stop = CancellationToken::new();
+        let mut supervisor = tokio::spawn(broker::supervise(
+            broker.clone(),
+            config.amqp_url.clone(),
+            config.reconnect_max,
+            broker_stop.clone(),
+        ));
+        let workers = TaskTracker::new();
+        let relay_wakeup = Arc::new(Notify::new());
+        let alerter = Alerter::start(config.alert_webhook_url.clone(), broker_stop.clone());
+        let state = AppState {
+            pool: pool.clone(),
+            broker: broker.clone(),
+            config: config.clone(),
+            relay_wakeup: relay_wakeup.clone(),
+            metrics: telemetry::metrics_handle(),
+        };
+        let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        workers.spawn(async move {
+            if let Err(error) = server.await {
+                tracing::error!(%error, "HTTP server failed");
+            }
+        });
+        let consumer = DueConsumer {
+            pool: pool.clone(),
+            broker: broker.clone(),
+            router: Arc::new(Router { pool: pool.clone(), broker: broker.clone(), alerter }),
+            concurrency: usize::from(config.consumer_concurrency),
+            prefetch: config.prefetch,
+        };
+        workers.spawn(consumer.run(shutdown.clone()));
+        workers.spawn(outbox::run(pool.clone(), broker.clone(), relay_wakeup, shutdown.clone()));
+        workers.spawn(sweeper::run(pool.clone(), config.sweep_interval, config.sweep_grace, shutdown.clone()));
+        workers.close();
+        tracing::info!(address = %config.http_addr, prefix = %broker.topology().prefix, "order-timeout running");
+
+        let mut fatal = None;
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            result = &mut supervisor => {
+                if let Ok(Err(error)) = result {
+                    tracing::error!(%error, "giving up on the broker");
+                    fatal = Some(error);
+                }
+                shutdown.cancel();
+            }
+        }
+        tracing::info!("shutting down: finishing in-flight requests and deliveries");
+        if tokio::time::timeout(config.shutdown_timeout, workers.wait()).await.is_err() {
+            tracing::warn!(timeout = ?config.shutdown_timeout, "shutdown timeout: unfinished deliveries stay unacked and will be redelivered");
+        }
+        broker_stop.cancel();
+        if !supervisor.is_finished() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), supervisor).await;
+        }
+        pool.close().await;
+        tracing::info!("stopped");
+        match fatal {
+            Some(error) => Err(error.into()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The topology this configuration declares.
+pub fn topology_of(config: &Config) -> Topology {
+    let timeouts = [(EntityKind::Order, config.order_timeout), (EntityKind::Waybill, config.waybill_timeout)];
+    Topology::new(&config.queue_prefix, &timeouts, &config.retry_delays, config.queue_type)
+}

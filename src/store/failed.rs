@@ -1,0 +1,165 @@
+//! Messages whose handling failed for good, kept for an operator (DESIGN.md rule 7).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use super::StoreError;
+
+/// A message as the failed-message store keeps it: enough to republish it exactly.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct FailedMessage {
+    /// Row id (uuid v7, the listing cursor).
+    pub id: Uuid,
+    /// The queue the message was consumed from, where a requeue sends it back.
+    pub queue: String,
+    /// The exchange it was last published to.
+    pub exchange: String,
+    /// The routing key it was last published with.
+    pub routing_key: String,
+    /// Its AMQP headers as JSON.
+    pub headers: Value,
+    /// Its body, byte for byte.
+    #[serde(skip)]
+    pub body: Vec<u8>,
+    /// Its `message_id` property.
+    pub message_id: Option<String>,
+    /// The last error.
+    pub error: String,
+    /// `transient` (retries spent) or `permanent`.
+    pub error_class: String,
+    /// How many times it was tried.
+    pub attempts: i32,
+    /// When it first failed.
+    pub first_failed_at: DateTime<Utc>,
+    /// When it failed for the last time.
+    pub last_failed_at: DateTime<Utc>,
+    /// `pending`, `requeued` or `discarded`.
+    pub status: String,
+    /// When an operator requeued or discarded it.
+    pub resolved_at: Option<DateTime<Utc>>,
+}
+
+/// A failure to record.
+#[derive(Debug, Clone)]
+pub struct NewFailure {
+    /// The queue it was consumed from.
+    pub queue: String,
+    /// The exchange it was published to.
+    pub exchange: String,
+    /// Its routing key.
+    pub routing_key: String,
+    /// Its headers as JSON.
+    pub headers: Value,
+    /// Its body.
+    pub body: Vec<u8>,
+    /// Its `message_id`.
+    pub message_id: Option<String>,
+    /// The error.
+    pub error: String,
+    /// Transient or permanent.
+    pub error_class: &'static str,
+    /// How many times it was tried.
+    pub attempts: i32,
+    /// When it first failed, if an earlier attempt recorded it.
+    pub first_failed_at: Option<DateTime<Utc>>,
+}
+
+/// Stores a failure and returns its id.
+pub async fn insert(pool: &PgPool, failure: &NewFailure) -> Result<Uuid, StoreError> {
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "insert into failed_messages (id, queue, exchange, routing_key, headers, body, message_id,
+                                      error, error_class, attempts, first_failed_at, last_failed_at)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, coalesce($11, now()), now())",
+    )
+    .bind(id)
+    .bind(&failure.queue)
+    .bind(&failure.exchange)
+    .bind(&failure.routing_key)
+    .bind(&failure.headers)
+    .bind(&failure.body)
+    .bind(&failure.message_id)
+    .bind(&failure.error)
+    .bind(failure.error_class)
+    .bind(failure.attempts)
+    .bind(failure.first_failed_at)
+    .execute(pool)
+    .await?;
+    Ok(id)
+}
+
+/// Filters of the admin listing.
+#[derive(Debug, Clone, Default)]
+pub struct FailedFilter {
+    /// Only this status.
+    pub status: Option<&'static str>,
+    /// Only messages from this queue.
+    pub queue: Option<String>,
+    /// Only rows older than this id (the cursor).
+    pub after: Option<Uuid>,
+    /// Page size.
+    pub limit: i64,
+}
+
+/// Lists failed messages newest first.
+pub async fn list(pool: &PgPool, filter: &FailedFilter) -> Result<Vec<FailedMessage>, StoreError> {
+    Ok(sqlx::query_as(
+        "select * from failed_messages
+         where ($1::text is null or status = $1) and ($2::text is null or queue = $2)
+           and ($3::uuid is null or id < $3)
+         order by id desc limit $4",
+    )
+    .bind(filter.status)
+    .bind(filter.queue.as_deref())
+    .bind(filter.after)
+    .bind(filter.limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Reads one failed message.
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<FailedMessage>, StoreError> {
+    Ok(sqlx::query_as("select * from failed_messages where id = $1").bind(id).fetch_optional(pool).await?)
+}
+
+/// Locks one row for a requeue, so two operators cannot requeue it twice.
+pub async fn lock(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> Result<Option<FailedMessage>, StoreError> {
+    Ok(sqlx::query_as("select * from failed_messages where id = $1 for update")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?)
+}
+
+/// Locks every unresolved row (optionally of one queue) that no one else holds.
+pub async fn lock_unresolved(
+    tx: &mut Transaction<'_, Postgres>,
+    queue: Option<&str>,
+    limit: i64,
+) -> Result<Vec<FailedMessage>, StoreError> {
+    Ok(sqlx::query_as(
+        "select * from failed_messages where status = 'pending' and ($1::text is null or queue = $1)
+         order by id limit $2 for update skip locked",
+    )
+    .bind(queue)
+    .bind(limit)
+    .fetch_all(&mut **tx)
+    .await?)
+}
+
+/// Marks rows resolved with `status` (`requeued` or `discarded`).
+pub async fn resolve(tx: &mut Transaction<'_, Postgres>, ids: &[Uuid], status: &'static str) -> Result<(), StoreError> {
+    sqlx::query("update failed_messages set status = $2, resolved_at = now() where id = any($1)")
+        .bind(ids)
+        .bind(status)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Rows not yet requeued or discarded, for metrics and the console.
+pub async fn unresolved_count(pool: &PgPool) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar("select count(*) from failed_messages where status = 'pending'").fetch_one(pool).await?)
+}

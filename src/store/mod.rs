@@ -1,0 +1,74 @@
+//! PostgreSQL: connecting (creating the database if missing), migrating, and every query.
+//! Each submodule owns the queries of one table; callers never write SQL.
+
+pub mod entities;
+pub mod error;
+pub mod failed;
+pub mod idempotency;
+pub mod outbox;
+pub mod sweep;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+
+pub use error::{ErrorClass, StoreError};
+
+/// The migrations of `migrations/`, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// How the pool is sized and how long a caller waits for a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    /// Most connections this instance opens.
+    pub max_connections: u32,
+    /// How long to wait for a free connection before failing as "unavailable".
+    pub acquire_timeout: Duration,
+}
+
+/// Parses the URL, creates the database if it does not exist yet, and opens a lazy pool.
+///
+/// The pool is lazy so the service starts (and answers `/healthz`) while PostgreSQL is
+/// still coming up; the first query reports the outage as `StoreError::Unavailable`.
+pub async fn connect(url: &str, settings: PoolSettings) -> Result<PgPool, StoreError> {
+    let options = PgConnectOptions::from_str(url)?.application_name("order-timeout");
+    create_database_if_missing(&options).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.acquire_timeout)
+        .connect_lazy_with(options);
+    Ok(pool)
+}
+
+/// Applies the embedded migrations; several instances may race, sqlx serialises them
+/// with an advisory lock.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), StoreError> {
+    let Some(name) = options.get_database().map(str::to_owned) else {
+        return Ok(());
+    };
+    let mut admin = options.clone().database("postgres").connect().await?;
+    let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+        .bind(&name)
+        .fetch_one(&mut admin)
+        .await?;
+    if !exists {
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        let created = sqlx::query(sqlx::AssertSqlSafe(format!("create database {quoted}")))
+            .execute(&mut admin)
+            .await;
+        match created {
+            Ok(_) => tracing::info!(database = %name, "created database"),
+            // Another instance created it between our check and our create.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    admin.close().await?;
+    Ok(())
+}

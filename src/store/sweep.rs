@@ -1,0 +1,106 @@
+//! Cancelling entities whose deadline passed: by id for the due-queue consumer, by
+//! scanning for the sweeper. Both emit the `cancelled` event in the same transaction.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sqlx::{AssertSqlSafe, PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::entities::Entity;
+use super::outbox::{self, NewRow};
+use super::StoreError;
+use crate::domain::{EntityKind, Order, Waybill};
+
+/// What a due timer found when it tried to cancel its entity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Cancelled now, by this timer.
+    Cancelled,
+    /// Already paid, accepted or cancelled: nothing to do.
+    AlreadyFinal,
+    /// Still pending but its deadline is this many milliseconds away: re-arm.
+    NotYetDue(u64),
+    /// No such entity: the message is wrong.
+    NotFound,
+}
+
+/// Cancels every listed entity of `kind` that is pending and due in database time, and
+/// tells for each id what happened. One transaction, one UPDATE.
+pub async fn cancel_due(pool: &PgPool, kind: EntityKind, ids: &[Uuid]) -> Result<HashMap<Uuid, Fate>, StoreError> {
+    match kind {
+        EntityKind::Order => cancel_due_of::<Order>(pool, ids).await,
+        EntityKind::Waybill => cancel_due_of::<Waybill>(pool, ids).await,
+    }
+}
+
+async fn cancel_due_of<T: Entity>(pool: &PgPool, ids: &[Uuid]) -> Result<HashMap<Uuid, Fate>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let update = format!(
+        "update {} set status = 'cancelled', cancelled_at = now(), cancel_reason = $2
+         where id = any($1) and status = 'pending' and expires_at <= now() returning *",
+        T::TABLE
+    );
+    let cancelled: Vec<T> = sqlx::query_as(AssertSqlSafe(update))
+        .bind(ids)
+        .bind(T::KIND.timeout_reason())
+        .fetch_all(&mut *tx)
+        .await?;
+    emit_cancelled(&mut tx, &cancelled).await?;
+    let mut fates: HashMap<Uuid, Fate> = cancelled.iter().map(|e| (e.id(), Fate::Cancelled)).collect();
+    let rest: Vec<Uuid> = ids.iter().copied().filter(|id| !fates.contains_key(id)).collect();
+    if !rest.is_empty() {
+        let lookup = format!(
+            "select id, status = 'pending',
+                    greatest(1, ceil(extract(epoch from (expires_at - now())) * 1000))::bigint
+             from {} where id = any($1)",
+            T::TABLE
+        );
+        let found: Vec<(Uuid, bool, i64)> = sqlx::query_as(AssertSqlSafe(lookup)).bind(&rest).fetch_all(&mut *tx).await?;
+        for (id, pending, ms_left) in found {
+            let fate = if pending { Fate::NotYetDue(ms_left as u64) } else { Fate::AlreadyFinal };
+            fates.insert(id, fate);
+        }
+        for id in rest {
+            fates.entry(id).or_insert(Fate::NotFound);
+        }
+    }
+    tx.commit().await?;
+    Ok(fates)
+}
+
+async fn emit_cancelled<T: Entity>(tx: &mut PgConnection, cancelled: &[T]) -> Result<(), StoreError> {
+    let events: Vec<NewRow> =
+        cancelled.iter().map(|e| NewRow::event(T::KIND.cancelled_event(), e.id(), e)).collect();
+    outbox::enqueue(tx, &events).await
+}
+
+/// Cancels up to `limit` pending entities of `kind` overdue by more than `grace`: the
+/// backstop for timers the broker lost or delivers late. Returns their ids.
+pub async fn sweep_overdue(pool: &PgPool, kind: EntityKind, grace: Duration, limit: i64) -> Result<Vec<Uuid>, StoreError> {
+    match kind {
+        EntityKind::Order => sweep_overdue_of::<Order>(pool, grace, limit).await,
+        EntityKind::Waybill => sweep_overdue_of::<Waybill>(pool, grace, limit).await,
+    }
+}
+
+async fn sweep_overdue_of<T: Entity>(pool: &PgPool, grace: Duration, limit: i64) -> Result<Vec<Uuid>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let update = format!(
+        "update {table} t set status = 'cancelled', cancelled_at = now(), cancel_reason = $2
+         from (select id from {table}
+               where status = 'pending' and expires_at < now() - $1::bigint * interval '1 millisecond'
+               order by expires_at limit $3 for update skip locked) overdue
+         where t.id = overdue.id returning t.*",
+        table = T::TABLE
+    );
+    let cancelled: Vec<T> = sqlx::query_as(AssertSqlSafe(update))
+        .bind(grace.as_millis() as i64)
+        .bind(T::KIND.timeout_reason())
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+    emit_cancelled(&mut tx, &cancelled).await?;
+    tx.commit().await?;
+    Ok(cancelled.iter().map(Entity::id).collect())
+}
