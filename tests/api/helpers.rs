@@ -1,0 +1,361 @@
+//! The test harness: every test gets its own database and queue prefix, a running
+//! service built exactly as `main` builds it, and helpers that read like the API.
+
+use std::future::Future;
+use std::time::Duration;
+
+use lapin::options::{BasicGetOptions, BasicNackOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties};
+use order_timeout::broker::Topology;
+use order_timeout::config::Config;
+use order_timeout::startup::{topology_of, Application};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The real local services.
+pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// A database and a queue prefix owned by one test, removed when it ends.
+pub struct TestEnv {
+    pub db_name: String,
+    pub prefix: String,
+    pub database_url: String,
+}
+
+impl TestEnv {
+    fn new() -> Self {
+        let suffix = Uuid::new_v4().simple().to_string();
+        let db_name = format!("ot_test_{}", &suffix[..16]);
+        let prefix = format!("ot_test_{}", &suffix[..16]);
+        let database_url = format!("postgres://postgres@127.0.0.1:5432/{db_name}");
+        Self { db_name, prefix, database_url }
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let db_name = self.db_name.clone();
+        let prefix = self.prefix.clone();
+        // The test's runtime may be gone (or panicking): clean up on a fresh one.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(async move {
+                if let Ok(pool) = PgPoolOptions::new().max_connections(1).connect(PG_ADMIN_URL).await {
+                    let sql = format!("drop database if exists \"{db_name}\" with (force)");
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
+                    pool.close().await;
+                }
+                delete_topology(&prefix).await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// Deletes every queue and exchange whose name starts with `prefix.`, including the
+/// ones a test declared itself.
+async fn delete_topology(prefix: &str) {
+    let Ok(connection) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await else { return };
+    let queues = list_broker_names("list_queues", prefix);
+    let exchanges = list_broker_names("list_exchanges", prefix);
+    for queue in queues {
+        if let Ok(channel) = connection.create_channel().await {
+            let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+        }
+    }
+    for exchange in exchanges {
+        if let Ok(channel) = connection.create_channel().await {
+            let _ = channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+        }
+    }
+    let _ = connection.close(200, "cleaned".into()).await;
+}
+
+fn list_broker_names(command: &str, prefix: &str) -> Vec<String> {
+    let output = std::process::Command::new("rabbitmqctl").args([command, "name", "--quiet", "--no-table-headers"]).output();
+    let Ok(output) = output else { return Vec::new() };
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|name| name.starts_with(&format!("{prefix}.")))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// One running instance of the service.
+pub struct Instance {
+    pub address: String,
+    pub config: Config,
+    shutdown: CancellationToken,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Instance {
+    /// Stops the instance gracefully and returns how `run_until_stopped` ended.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        match self.handle.take() {
+            Some(handle) => handle.await?,
+            None => Ok(()),
+        }
+    }
+
+    /// Aborts the instance's main task, as close to a crash as one process allows.
+    pub fn kill(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.abort();
+        }
+    }
+
+    /// Waits for the instance to exit by itself (e.g. RECONNECT_MAX).
+    pub async fn exited(&mut self, within: Duration) -> Option<anyhow::Result<()>> {
+        let handle = self.handle.as_mut()?;
+        let result = tokio::time::timeout(within, handle).await.ok()?;
+        self.handle = None;
+        Some(result.map_err(anyhow::Error::from).and_then(|r| r))
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = self.handle.take() {
+            handle.abort();
+        }
+    }
+}
+
+/// A test's service, its database and its broker view.
+pub struct TestApp {
+    pub instance: Instance,
+    pub client: reqwest::Client,
+    /// The test's own pool into the service's database, for assertions.
+    pub pool: PgPool,
+    pub topology: Topology,
+    pub amqp: Connection,
+    // Dropped last: removes the database and the queues.
+    pub env: TestEnv,
+}
+
+/// Settings for tests: seconds, not minutes; small pools so tests run side by side; the
+/// sweeper far away so tests prove the timer path unless they ask for it.
+pub fn test_config(env: &TestEnv) -> Config {
+    let mut config = Config::defaults();
+    config.database_url = env.database_url.clone();
+    config.amqp_url = AMQP_URL.to_owned();
+    config.http_addr = "127.0.0.1:0".parse().expect("address");
+    config.queue_prefix = env.prefix.clone();
+    config.order_timeout = Duration::from_secs(2);
+    config.waybill_timeout = Duration::from_secs(2);
+    config.retry_delays = vec![Duration::from_millis(300), Duration::from_millis(600)];
+    config.sweep_interval = Duration::from_secs(3600);
+    config.sweep_grace = Duration::from_secs(1);
+    config.database_pool_size = 5;
+    config.database_acquire_timeout = Duration::from_secs(1);
+    config.shutdown_timeout = Duration::from_secs(10);
+    config.admin_token = Some("test-admin-token".to_owned());
+    config
+}
+
+impl TestApp {
+    /// A service with the test settings, ready (database and broker up).
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// A service with the test settings changed by `tweak`.
+    pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let env = TestEnv::new();
+        let mut config = test_config(&env);
+        tweak(&mut config);
+        let topology = topology_of(&config);
+        let instance = start(config).await;
+        let pool = PgPoolOptions::new().max_connections(3).connect(&env.database_url).await.expect("test pool");
+        let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default()).await.expect("test amqp");
+        let app = Self { instance, client: reqwest::Client::new(), pool, topology, amqp, env };
+        if app.instance.config.amqp_url == AMQP_URL {
+            app.wait_ready().await;
+        }
+        app
+    }
+
+    /// Another instance sharing this test's database and prefix.
+    pub async fn spawn_instance(&self, tweak: impl FnOnce(&mut Config)) -> Instance {
+        let mut config = test_config(&self.env);
+        tweak(&mut config);
+        start(config).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.instance.address)
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        let ready = || async {
+            matches!(self.client.get(self.url("/readyz")).send().await, Ok(r) if r.status() == StatusCode::OK)
+        };
+        assert!(eventually(Duration::from_secs(15), ready).await, "service never became ready");
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        send(self.client.post(self.url(path)).json(&body)).await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        send(self.client.get(self.url(path))).await
+    }
+
+    pub async fn admin(&self, method: reqwest::Method, path: &str) -> (StatusCode, Value) {
+        send(self.client.request(method, self.url(path)).bearer_auth("test-admin-token")).await
+    }
+
+    /// Creates an order and returns it; panics unless 201.
+    pub async fn create_order(&self) -> Value {
+        let (status, order) = self.post("/orders", order_body()).await;
+        assert_eq!(status, StatusCode::CREATED, "{order}");
+        order
+    }
+
+    pub async fn create_waybill(&self) -> Value {
+        let body = json!({"origin": "Hamburg", "destination": "Lyon"});
+        let (status, waybill) = self.post("/waybills", body).await;
+        assert_eq!(status, StatusCode::CREATED, "{waybill}");
+        waybill
+    }
+
+    pub async fn pay(&self, id: &str) -> (StatusCode, Value) {
+        self.post(&format!("/orders/{id}/pay"), json!({})).await
+    }
+
+    /// The status column of an order, read from the database.
+    pub async fn order_status(&self, id: &str) -> String {
+        let id = Uuid::parse_str(id).expect("uuid");
+        sqlx::query_scalar("select status from orders where id = $1").bind(id).fetch_one(&self.pool).await.expect("order row")
+    }
+
+    /// Waits until the order has `status`, failing after `within`.
+    pub async fn wait_for_order_status(&self, id: &str, status: &str, within: Duration) {
+        let reached = eventually(within, || async { self.order_status(id).await == status }).await;
+        assert!(reached, "order {id} did not become {status} within {within:?}, it is {}", self.order_status(id).await);
+    }
+
+    /// Counts orders by status.
+    pub async fn count_orders(&self, status: &str) -> i64 {
+        sqlx::query_scalar("select count(*) from orders where status = $1").bind(status).fetch_one(&self.pool).await.expect("count")
+    }
+
+    /// A fresh channel on the test's own broker connection.
+    pub async fn channel(&self) -> Channel {
+        self.amqp.create_channel().await.expect("channel")
+    }
+
+    /// Declares a queue bound to the events exchange with `#`, to observe every event.
+    pub async fn observe_events(&self) -> String {
+        let queue = format!("{}.test.events", self.topology.prefix);
+        let channel = self.channel().await;
+        let options = QueueDeclareOptions { durable: false, ..Default::default() };
+        channel.queue_declare(queue.as_str().into(), options, FieldTable::default()).await.expect("declare");
+        channel
+            .queue_bind(queue.as_str().into(), self.topology.events_exchange.as_str().into(), "#".into(), QueueBindOptions::default(), FieldTable::default())
+            .await
+            .expect("bind");
+        queue
+    }
+
+    /// Drains a queue with basic.get, returning (routing key, body) of every message.
+    pub async fn drain(&self, queue: &str) -> Vec<(String, Value)> {
+        let channel = self.channel().await;
+        let mut messages = Vec::new();
+        while let Some(message) = channel.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await.expect("get") {
+            let body = serde_json::from_slice(&message.delivery.data).unwrap_or(Value::Null);
+            messages.push((message.delivery.routing_key.to_string(), body));
+        }
+        messages
+    }
+
+    /// Number of messages ready in a queue.
+    pub async fn queue_depth(&self, queue: &str) -> u32 {
+        let channel = self.channel().await;
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        channel.queue_declare(queue.into(), passive, FieldTable::default()).await.map(|q| q.message_count()).unwrap_or(0)
+    }
+
+    /// Looks at the first message of a queue without consuming it.
+    pub async fn peek(&self, queue: &str) -> Option<lapin::message::Delivery> {
+        let channel = self.channel().await;
+        let message = channel.basic_get(queue.into(), BasicGetOptions::default()).await.expect("get")?;
+        let delivery = message.delivery;
+        delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.expect("nack");
+        Some(delivery)
+    }
+}
+
+async fn start(config: Config) -> Instance {
+    let app = Application::build(config.clone()).await.expect("build application");
+    let address = format!("http://{}", app.address());
+    let shutdown = app.shutdown_token();
+    let handle = tokio::spawn(app.run_until_stopped());
+    Instance { address, config, shutdown, handle: Some(handle) }
+}
+
+async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let response = request.send().await.expect("request");
+    let status = response.status();
+    let text = response.text().await.expect("body");
+    let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+    (status, body)
+}
+
+/// A valid order body.
+pub fn order_body() -> Value {
+    json!({"customer_id": "cust-1", "amount_cents": 2500, "currency": "EUR"})
+}
+
+/// Polls `condition` every 50 ms until it holds or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls `probe` every 50 ms until it returns `Some`, or gives up after `within`.
+pub async fn poll<T, F, Fut>(within: Duration, mut probe: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = probe().await {
+            return Some(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The id field of an entity.
+pub fn id_of(entity: &Value) -> String {
+    entity["id"].as_str().expect("id").to_owned()
+}

@@ -1,0 +1,7 @@
+//! Integration tests against the real PostgreSQL and RabbitMQ of this machine. Each test
+//! has its own database and queue prefix, so they run in parallel.
+
+mod helpers;
+
+mod http_contract;
+mod timers;
