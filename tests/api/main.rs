@@ -2,6 +2,7 @@
 //! has its own database and queue prefix, so they run in parallel.
 
 mod helpers;
+mod proxy;
 
 mod http_contract;
 mod timers;
