@@ -80,6 +80,14 @@ pub struct Config {
     #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub database_acquire_timeout: Duration,
 
+    /// Longest wait for a row lock before the statement fails (and is retried).
+    #[arg(long, env = "DATABASE_LOCK_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub database_lock_timeout: Duration,
+
+    /// Longest any single SQL statement may run.
+    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub database_statement_timeout: Duration,
+
     /// How long in-flight work may take to finish after SIGTERM.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,

@@ -58,7 +58,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
 async fn migrate(database_url: &str) -> anyhow::Result<()> {
     telemetry::init_logs(LogFormat::Text);
-    let settings = store::PoolSettings { max_connections: 2, acquire_timeout: std::time::Duration::from_secs(10) };
+    let settings = store::PoolSettings {
+        max_connections: 2,
+        acquire_timeout: std::time::Duration::from_secs(10),
+        lock_timeout: std::time::Duration::from_secs(60),
+        statement_timeout: std::time::Duration::ZERO,
+    };
     let pool = store::connect(database_url, settings).await?;
     store::migrate(&pool).await?;
     tracing::info!("migrations applied");

@@ -43,6 +43,8 @@ impl Application {
         let settings = PoolSettings {
             max_connections: config.database_pool_size,
             acquire_timeout: config.database_acquire_timeout,
+            lock_timeout: config.database_lock_timeout,
+            statement_timeout: config.database_statement_timeout,
         };
         let pool = store::connect(&config.database_url, settings).await.context("connecting to PostgreSQL")?;
         store::migrate(&pool).await.context("migrating the database")?;

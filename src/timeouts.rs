@@ -146,8 +146,10 @@ impl DueConsumer {
         }
     }
 
+    /// Routes every delivery of a failed batch at once, so a slow failure path (the
+    /// database is down, each store attempt waits for its timeout) does not serialise.
     async fn fail_all(&self, batch: Vec<(Uuid, Delivery)>, error: &StoreError) {
-        for (id, delivery) in batch {
+        let routes = batch.into_iter().map(|(id, delivery)| async move {
             tracing::warn!(entity_id = %id, %error, class = error.class().as_str(), "cancel failed");
             let disposition = match error.class() {
                 crate::store::ErrorClass::Transient => Disposition::Transient(error.to_string()),
@@ -155,7 +157,8 @@ impl DueConsumer {
             };
             self.router.dispose(delivery, disposition).await;
             metrics::counter!("order_timeout_deliveries_total", "outcome" => "error").increment(1);
-        }
+        });
+        futures_util::future::join_all(routes).await;
     }
 }
 

@@ -119,9 +119,12 @@ async fn requeue_all(State(state): State<AppState>, query: QueryPairs) -> Result
     query.checked(&["queue"])?;
     let queue = query.get("queue");
     let mut requeued = 0usize;
+    let Some(upto) = failed::newest_id(&state.pool).await? else {
+        return Ok(Json(json!({ "requeued": 0 })));
+    };
     loop {
         let mut tx = state.pool.begin().await.map_err(crate::store::StoreError::from)?;
-        let rows = failed::lock_unresolved(&mut tx, queue, REQUEUE_BATCH).await?;
+        let rows = failed::lock_unresolved(&mut tx, queue, upto, REQUEUE_BATCH).await?;
         if rows.is_empty() {
             break;
         }

@@ -133,17 +133,27 @@ pub async fn lock(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> Result<Option
         .await?)
 }
 
-/// Locks every unresolved row (optionally of one queue) that no one else holds.
+/// The newest row id, so a bulk requeue stops at the rows that existed when it began
+/// (a requeued message that fails again is stored as a new row, and must not be
+/// requeued again by the same call).
+pub async fn newest_id(pool: &PgPool) -> Result<Option<Uuid>, StoreError> {
+    Ok(sqlx::query_scalar("select id from failed_messages order by id desc limit 1").fetch_optional(pool).await?)
+}
+
+/// Locks unresolved rows up to `upto` (optionally of one queue) that no one else holds.
 pub async fn lock_unresolved(
     tx: &mut Transaction<'_, Postgres>,
     queue: Option<&str>,
+    upto: Uuid,
     limit: i64,
 ) -> Result<Vec<FailedMessage>, StoreError> {
     Ok(sqlx::query_as(
-        "select * from failed_messages where status = 'pending' and ($1::text is null or queue = $1)
-         order by id limit $2 for update skip locked",
+        "select * from failed_messages
+         where status = 'pending' and ($1::text is null or queue = $1) and id <= $2
+         order by id limit $3 for update skip locked",
     )
     .bind(queue)
+    .bind(upto)
     .bind(limit)
     .fetch_all(&mut **tx)
     .await?)

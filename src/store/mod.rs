@@ -26,6 +26,11 @@ pub struct PoolSettings {
     pub max_connections: u32,
     /// How long to wait for a free connection before failing as "unavailable".
     pub acquire_timeout: Duration,
+    /// Longest wait for a row lock; past it the statement fails as transient (55P03)
+    /// and the message goes through the retry tiers instead of stalling a handler.
+    pub lock_timeout: Duration,
+    /// Longest any statement may run, so a stuck query cannot hold a handler forever.
+    pub statement_timeout: Duration,
 }
 
 /// Parses the URL, creates the database if it does not exist yet, and opens a lazy pool.
@@ -33,7 +38,10 @@ pub struct PoolSettings {
 /// The pool is lazy so the service starts (and answers `/healthz`) while PostgreSQL is
 /// still coming up; the first query reports the outage as `StoreError::Unavailable`.
 pub async fn connect(url: &str, settings: PoolSettings) -> Result<PgPool, StoreError> {
-    let options = PgConnectOptions::from_str(url)?.application_name("order-timeout");
+    let options = PgConnectOptions::from_str(url)?.application_name("order-timeout").options([
+        ("lock_timeout", format!("{}ms", settings.lock_timeout.as_millis())),
+        ("statement_timeout", format!("{}ms", settings.statement_timeout.as_millis())),
+    ]);
     create_database_if_missing(&options).await?;
     let pool = PgPoolOptions::new()
         .max_connections(settings.max_connections)

@@ -4,5 +4,6 @@
 mod helpers;
 mod proxy;
 
+mod failures;
 mod http_contract;
 mod timers;
