@@ -95,6 +95,10 @@ impl QueryPairs {
             if self.0[..i].iter().any(|(k, _)| k == key) {
                 return Err(FieldError::new(key.as_str(), "is given more than once"));
             }
+            let value = &self.0[i].1;
+            if value.chars().any(char::is_control) || value.len() > 200 {
+                return Err(FieldError::new(key.as_str(), "must be at most 200 characters without control characters"));
+            }
         }
         Ok(())
     }

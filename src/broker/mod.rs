@@ -67,7 +67,14 @@ pub enum PublishError {
     /// No queue is bound where the message was sent.
     #[error("message unroutable: {0}")]
     Unroutable(String),
+    /// The broker did not confirm in time (blocked by an alarm, or the network is gone).
+    #[error("broker did not confirm within {0:?}")]
+    Timeout(std::time::Duration),
 }
+
+/// Longest wait for the confirms of one publish call; past it the caller treats the
+/// messages as not published (and a later duplicate as harmless).
+const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Delivery mode of a message written to disk by the broker.
 pub const PERSISTENT: u8 = 2;
@@ -101,6 +108,13 @@ impl Broker {
     /// Publishes every message (pipelined), then waits for every confirm. Succeeds only
     /// when the broker confirmed all of them and none was returned as unroutable.
     pub async fn publish(&self, messages: &[Outgoing<'_>]) -> Result<(), PublishError> {
+        match tokio::time::timeout(CONFIRM_TIMEOUT, self.publish_confirmed(messages)).await {
+            Ok(result) => result,
+            Err(_) => Err(PublishError::Timeout(CONFIRM_TIMEOUT)),
+        }
+    }
+
+    async fn publish_confirmed(&self, messages: &[Outgoing<'_>]) -> Result<(), PublishError> {
         let session = self.current()?;
         let mut confirms = Vec::with_capacity(messages.len());
         for message in messages {

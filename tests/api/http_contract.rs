@@ -146,7 +146,7 @@ async fn listing_pages_newest_first_with_filters() {
     let ids: Vec<String> = evens["items"].as_array().unwrap().iter().map(id_of).collect();
     assert_eq!(ids, vec![created[2].clone(), created[0].clone()]);
     assert!(evens["next"].is_null());
-    for bad in ["/orders?limit=0", "/orders?limit=201", "/orders?limit=x", "/orders?status=lost", "/orders?after=zzz", "/orders?colour=red"] {
+    for bad in ["/orders?limit=0", "/orders?limit=201", "/orders?limit=x", "/orders?status=lost", "/orders?after=zzz", "/orders?colour=red", "/orders?customer_id=a%00b"] {
         let (status, body) = app.get(bad).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
         assert_eq!(body["error"]["code"], "validation_failed");
@@ -217,4 +217,38 @@ async fn health_readiness_metrics_and_spec_are_served() {
     assert!(metrics.contains("order_timeout_outbox_backlog"), "{metrics}");
     let spec = app.client.get(app.url("/openapi.yaml")).send().await.unwrap().text().await.unwrap();
     assert_eq!(spec, std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap());
+}
+
+#[tokio::test]
+async fn no_hostile_value_in_any_field_yields_a_500() {
+    let app = TestApp::spawn().await;
+    let waybill = id_of(&app.create_waybill().await);
+    let hostile = [
+        Value::Null, json!(true), json!(0), json!(-1), json!(1e308), json!(u64::MAX), json!(i64::MIN),
+        json!(""), json!(" "), json!("\u{0}"), json!("a\u{0}b"), json!("😀".repeat(300)), json!("<script>x</script>"),
+        json!([]), json!([null]), json!({}), json!({"a": {"b": [1, {"c": null}]}}), json!("x".repeat(5000)),
+    ];
+    let targets = [
+        ("/orders".to_owned(), order_body()),
+        ("/waybills".to_owned(), json!({"origin": "A", "destination": "B", "order_id": uuid::Uuid::now_v7()})),
+        (format!("/waybills/{waybill}/accept"), json!({"carrier_id": "c"})),
+    ];
+    let mut tried = 0;
+    for (path, valid) in &targets {
+        let fields: Vec<String> = valid.as_object().unwrap().keys().cloned().collect();
+        for field in fields.iter().chain(std::iter::once(&"items".to_owned())) {
+            for value in &hostile {
+                let mut body = valid.clone();
+                body[field.as_str()] = value.clone();
+                let (status, answer) = app.post(path, body.clone()).await;
+                assert!(status.as_u16() < 500, "{path} {body} -> {status} {answer}");
+                tried += 1;
+            }
+        }
+    }
+    for query in ["status=%FF", "customer_id=%F0%28%8C%BC", "limit=-1", "after=00000000-0000-0000-0000-000000000000", "limit=99999999999999999999"] {
+        let (status, answer) = app.get(&format!("/orders?{query}")).await;
+        assert!(status.as_u16() < 500, "{query} -> {status} {answer}");
+    }
+    assert!(tried > 100);
 }
