@@ -41,7 +41,7 @@ pub fn router(state: AppState) -> Router<AppState> {
 
 /// Refuses requests without the right token, comparing in constant time (of hashes, so
 /// the length leaks nothing either).
-async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub(super) async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(expected) = state.config.admin_token.as_deref() else {
         return ApiError::AdminDisabled.into_response();
     };

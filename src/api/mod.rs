@@ -2,6 +2,7 @@
 //! middleware every request passes, and the fallbacks that keep every answer JSON.
 
 mod admin;
+mod console;
 mod error;
 mod extract;
 mod health;
@@ -50,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .merge(orders::router())
         .merge(waybills::router())
         .merge(admin::router(state.clone()))
+        .merge(console::router(state.clone()))
         .merge(health::router())
         .fallback(|| async { ApiError::NotFound("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

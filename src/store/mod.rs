@@ -1,6 +1,7 @@
 //! PostgreSQL: connecting (creating the database if missing), migrating, and every query.
 //! Each submodule owns the queries of one table; callers never write SQL.
 
+pub mod console;
 pub mod entities;
 pub mod error;
 pub mod failed;

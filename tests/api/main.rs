@@ -4,6 +4,7 @@
 mod helpers;
 mod proxy;
 
+mod console;
 mod failures;
 mod http_contract;
 mod timers;
