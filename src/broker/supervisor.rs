@@ -18,6 +18,9 @@ use super::{Broker, Session};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the supervisor checks the connection and the publishing channel.
 const HEALTH_CHECK: Duration = Duration::from_millis(250);
+/// Shortest and longest pause between two connection attempts (jitter included).
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Why the supervisor stopped trying.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +67,12 @@ pub async fn supervise(
                 }
             }
         }
-        let pause = backoff.next().unwrap_or(Duration::from_secs(30));
+        // Jitter adds up to the delay itself, so cap after it; and never sleep past
+        // RECONNECT_MAX, so giving up happens when configured, not a long backoff later.
+        let mut pause = backoff.next().unwrap_or(MAX_BACKOFF).min(MAX_BACKOFF);
+        if !reconnect_max.is_zero() {
+            pause = pause.min(reconnect_max.saturating_sub(down_since.elapsed()));
+        }
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(pause) => {}
@@ -75,8 +83,8 @@ pub async fn supervise(
 
 fn new_backoff() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(30))
+        .with_min_delay(MIN_BACKOFF)
+        .with_max_delay(MAX_BACKOFF)
         .with_jitter()
         .without_max_times()
         .build()
