@@ -88,6 +88,12 @@ pub struct Config {
     #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub database_statement_timeout: Duration,
 
+    /// Longest an order or waybill request waits on the database in all (connection and
+    /// statements); past it the answer is 503 `database_unavailable`. The acquire timeout
+    /// alone does not bound a request whose connection hangs (a black-holed network).
+    #[arg(long, env = "DATABASE_REQUEST_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub database_request_timeout: Duration,
+
     /// How long in-flight work may take to finish after SIGTERM.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,

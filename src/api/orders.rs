@@ -44,7 +44,7 @@ fn status_name(text: &str) -> Result<&'static str, FieldError> {
 
 /// Pays the order if it is pending and its deadline (database time) has not passed.
 async fn pay(State(state): State<AppState>, EntityId(id): EntityId) -> Result<Json<Order>, ApiError> {
-    match entities::pay_order(&state.pool, id).await? {
+    match resource::within_deadline(&state, entities::pay_order(&state.pool, id)).await? {
         Transition::Done(order) => {
             state.relay_wakeup.notify_one();
             metrics::counter!("order_timeout_entities_total", "kind" => "order", "event" => "paid").increment(1);
@@ -66,7 +66,7 @@ async fn pay(State(state): State<AppState>, EntityId(id): EntityId) -> Result<Js
 
 /// Cancels the order at the customer's request.
 async fn cancel(State(state): State<AppState>, EntityId(id): EntityId) -> Result<Json<Order>, ApiError> {
-    match entities::cancel_order(&state.pool, id).await? {
+    match resource::within_deadline(&state, entities::cancel_order(&state.pool, id)).await? {
         Transition::Done(order) => {
             state.relay_wakeup.notify_one();
             let reason = order.cancel_reason.clone().unwrap_or_default();

@@ -1,6 +1,8 @@
 //! What orders and waybills share over HTTP: create with an idempotency key, get, and
 //! list with cursor paging.
 
+use std::future::Future;
+
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -31,7 +33,7 @@ pub async fn create<N: NewEntity>(
     let new = parse(&body.value)?;
     let kind = <N::Entity as Entity>::KIND;
     let timeout = state.config.timeout_of(kind);
-    let created = entities::create(&state.pool, &new, timeout, key.as_ref()).await?;
+    let created = within_deadline(state, entities::create(&state.pool, &new, timeout, key.as_ref())).await?;
     let id = created.entity.id();
     let status = if created.replayed {
         tracing::info!(entity_id = %id, kind = kind.as_str(), "create replayed from idempotency key");
@@ -44,6 +46,22 @@ pub async fn create<N: NewEntity>(
     };
     let location = HeaderValue::from_str(&format!("/{scope}/{id}")).map_err(|_| ApiError::Internal)?;
     Ok((status, [(header::LOCATION, location)], Json(created.entity)).into_response())
+}
+
+/// Runs the database work of a request under `DATABASE_REQUEST_TIMEOUT`. The pool's
+/// acquire timeout bounds waiting for a connection, not a connection that hangs
+/// mid-statement (a black-holed network): without this such a request would wait for
+/// TCP to give up. Dropping the work rolls its transaction back (or leaves a commit
+/// whose outcome the 503 does not claim to know, like any cut connection).
+pub async fn within_deadline<T, E: Into<ApiError>>(state: &AppState, work: impl Future<Output = Result<T, E>>) -> Result<T, ApiError> {
+    let deadline = state.config.database_request_timeout;
+    match tokio::time::timeout(deadline, work).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => {
+            tracing::warn!(?deadline, "database did not answer in time");
+            Err(ApiError::DatabaseUnavailable)
+        }
+    }
 }
 
 fn idempotency_key(headers: &HeaderMap, scope: &'static str, body: &JsonBody) -> Result<Option<IdempotencyKey>, ApiError> {
@@ -59,7 +77,7 @@ fn idempotency_key(headers: &HeaderMap, scope: &'static str, body: &JsonBody) ->
 
 /// Reads one entity or answers 404.
 pub async fn get<T: Entity>(state: &AppState, id: Uuid) -> Result<Json<T>, ApiError> {
-    entities::get::<T>(&state.pool, id).await?.map(Json).ok_or(ApiError::NotFound(not_found(T::KIND)))
+    within_deadline(state, entities::get::<T>(&state.pool, id)).await?.map(Json).ok_or(ApiError::NotFound(not_found(T::KIND)))
 }
 
 /// The 404 message of a kind.
@@ -96,7 +114,7 @@ pub async fn list<T: Entity>(
         }
     }
     let filter = ListFilter { status, owner, after: page.after, limit: page.limit };
-    let items = entities::list::<T>(&state.pool, &filter).await?;
+    let items = within_deadline(state, entities::list::<T>(&state.pool, &filter)).await?;
     Ok(Json(paged(items, page.limit, Entity::id)))
 }
 

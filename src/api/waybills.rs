@@ -45,7 +45,7 @@ fn status_name(text: &str) -> Result<&'static str, FieldError> {
 /// Records a carrier's acceptance if the waybill is pending and not past its deadline.
 async fn accept(State(state): State<AppState>, EntityId(id): EntityId, body: JsonBody) -> Result<Json<Waybill>, ApiError> {
     let carrier = parse_acceptance(&body.value)?;
-    match entities::accept_waybill(&state.pool, id, carrier.as_str()).await? {
+    match resource::within_deadline(&state, entities::accept_waybill(&state.pool, id, carrier.as_str())).await? {
         Transition::Done(waybill) => {
             state.relay_wakeup.notify_one();
             metrics::counter!("order_timeout_entities_total", "kind" => "waybill", "event" => "accepted").increment(1);
@@ -67,7 +67,7 @@ async fn accept(State(state): State<AppState>, EntityId(id): EntityId, body: Jso
 
 /// Cancels the waybill at the shipper's request.
 async fn cancel(State(state): State<AppState>, EntityId(id): EntityId) -> Result<Json<Waybill>, ApiError> {
-    match entities::cancel_waybill(&state.pool, id).await? {
+    match resource::within_deadline(&state, entities::cancel_waybill(&state.pool, id)).await? {
         Transition::Done(waybill) => {
             state.relay_wakeup.notify_one();
             let reason = waybill.cancel_reason.clone().unwrap_or_default();
