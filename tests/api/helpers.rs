@@ -159,6 +159,7 @@ pub fn test_config(env: &TestEnv) -> Config {
     config.sweep_grace = Duration::from_secs(1);
     config.database_pool_size = 5;
     config.database_acquire_timeout = Duration::from_secs(1);
+    config.database_request_timeout = Duration::from_secs(2);
     config.shutdown_timeout = Duration::from_secs(10);
     config.admin_token = Some("test-admin-token".to_owned());
     config
@@ -252,6 +253,12 @@ impl TestApp {
         sqlx::query_scalar("select count(*) from orders where status = $1").bind(status).fetch_one(&self.pool).await.expect("count")
     }
 
+    /// The database's clock now (read on the test's own pool, so it works while the
+    /// service's path to the database is cut).
+    pub async fn db_now(&self) -> chrono::DateTime<chrono::Utc> {
+        sqlx::query_scalar("select clock_timestamp()").fetch_one(&self.pool).await.expect("db now")
+    }
+
     /// A fresh channel on the test's own broker connection.
     pub async fn channel(&self) -> Channel {
         self.amqp.create_channel().await.expect("channel")
@@ -261,7 +268,9 @@ impl TestApp {
     pub async fn observe_events(&self) -> String {
         let queue = format!("{}.test.events", self.topology.prefix);
         let channel = self.channel().await;
-        let options = QueueDeclareOptions { durable: false, ..Default::default() };
+        // Durable, so events waiting in it survive a broker restart; the test's clean-up
+        // deletes it with the rest of the prefix.
+        let options = QueueDeclareOptions { durable: true, ..Default::default() };
         channel.queue_declare(queue.as_str().into(), options, FieldTable::default()).await.expect("declare");
         channel
             .queue_bind(queue.as_str().into(), self.topology.events_exchange.as_str().into(), "#".into(), QueueBindOptions::default(), FieldTable::default())
@@ -312,6 +321,17 @@ async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
     let text = response.text().await.expect("body");
     let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
     (status, body)
+}
+
+/// `url` with its port replaced, to reach a service through a fault proxy
+/// (`postgres://…@127.0.0.1:5432/db` or `amqp://…@127.0.0.1:5672/%2f`).
+pub fn via_port(url: &str, port: u16) -> String {
+    let (scheme, rest) = url.split_once("://").expect("url with a scheme");
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    let (userinfo, host_port) = authority.rsplit_once('@').map_or(("", authority), |(u, h)| (u, h));
+    let host = host_port.rsplit_once(':').map_or(host_port, |(h, _)| h);
+    let userinfo = if userinfo.is_empty() { String::new() } else { format!("{userinfo}@") };
+    format!("{scheme}://{userinfo}{host}:{port}/{path}")
 }
 
 /// A valid order body.

@@ -8,3 +8,4 @@ mod console;
 mod failures;
 mod http_contract;
 mod timers;
+mod chaos;

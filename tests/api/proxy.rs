@@ -14,6 +14,7 @@ use tokio::task::AbortHandle;
 struct Faults {
     upstream: SocketAddr,
     refusing: AtomicBool,
+    stalled: AtomicBool,
     latency_ms: AtomicU64,
     connections: Mutex<Vec<AbortHandle>>,
 }
@@ -34,6 +35,7 @@ impl FaultProxy {
         let faults = Arc::new(Faults {
             upstream,
             refusing: AtomicBool::new(false),
+            stalled: AtomicBool::new(false),
             latency_ms: AtomicU64::new(0),
             connections: Mutex::new(Vec::new()),
         });
@@ -68,6 +70,12 @@ impl FaultProxy {
     /// The dependency is back.
     pub fn up(&self) {
         self.refuse_new(false);
+    }
+
+    /// While on, the dependency hangs like a black-holed network: connections (old and
+    /// new) stay open but nothing is forwarded; what was held moves on when it is off.
+    pub fn stall(&self, on: bool) {
+        self.faults.stalled.store(on, Ordering::SeqCst);
     }
 
     /// Delays every chunk forwarded in either direction.
@@ -116,6 +124,9 @@ async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp:
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
+        while faults.stalled.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let latency = faults.latency_ms.load(Ordering::SeqCst);
         if latency > 0 {
             tokio::time::sleep(Duration::from_millis(latency)).await;

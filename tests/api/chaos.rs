@@ -1,0 +1,416 @@
+//! Chaos: the broker and the database go away while orders are created, paid and come
+//! due, and nothing may be lost. Each test runs a load of concurrent creations and
+//! payments through a fault, then checks every order and every event (see `load::verify`)
+//! and prints how late the cancellations were beyond the outage.
+
+pub mod load;
+
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use lapin::options::QueuePurgeOptions;
+use reqwest::StatusCode;
+use tokio::time::Instant;
+
+use crate::helpers::{eventually, via_port, TestApp, TestEnv, AMQP_URL};
+use crate::proxy::FaultProxy;
+use load::{init_logs, verify, Load, LoadShape, Outage};
+
+const RABBITMQ: &str = "127.0.0.1:5672";
+const POSTGRES: &str = "127.0.0.1:5432";
+/// How long settling may take after the load stops.
+const SETTLE: Duration = Duration::from_secs(25);
+
+/// A service whose broker connection goes through `proxy`, ready, with an event observer.
+async fn app_via_broker_proxy(proxy: &FaultProxy, tweak: impl FnOnce(&mut order_timeout::config::Config)) -> (TestApp, String) {
+    let port = proxy.port();
+    let app = TestApp::spawn_with(|c| {
+        c.amqp_url = via_port(AMQP_URL, port);
+        tweak(c);
+    })
+    .await;
+    app.wait_ready().await;
+    let events = app.observe_events().await;
+    (app, events)
+}
+
+/// `/readyz` answers 503 naming `dependency` (within a couple of seconds of the outage).
+async fn assert_not_ready_because_of(app: &TestApp, address: &str, dependency: &str) {
+    let named = eventually(Duration::from_secs(3), || async {
+        match app.client.get(format!("{address}/readyz")).send().await {
+            Ok(response) if response.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                let body: serde_json::Value = response.json().await.unwrap_or_default();
+                body["checks"][dependency] == "down" && body["error"]["message"].as_str().unwrap_or_default().contains(dependency)
+            }
+            _ => false,
+        }
+    })
+    .await;
+    assert!(named, "/readyz did not answer 503 naming the {dependency}");
+}
+
+/// Waits until an instance at `address` answers `/readyz` 200.
+async fn wait_ready_at(app: &TestApp, address: &str, within: Duration) {
+    let ready = eventually(within, || async {
+        matches!(app.client.get(format!("{address}/readyz")).send().await, Ok(r) if r.status() == StatusCode::OK)
+    })
+    .await;
+    assert!(ready, "{address} never became ready within {within:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_cut_for_5_seconds_twice_loses_nothing() {
+    init_logs();
+    let proxy = FaultProxy::start(RABBITMQ).await;
+    let (app, events) = app_via_broker_proxy(&proxy, |_| {}).await;
+    let load = Load::start(vec![app.instance.address.clone()], LoadShape::default());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut outages = Vec::new();
+    for _ in 0..2 {
+        let start = app.db_now().await;
+        let cut = Instant::now();
+        proxy.down();
+        assert_not_ready_because_of(&app, &app.instance.address, "broker").await;
+        tokio::time::sleep(Duration::from_secs(5).saturating_sub(cut.elapsed())).await;
+        proxy.up();
+        outages.push(Outage { start, end: app.db_now().await });
+        let back = Instant::now();
+        app.wait_ready().await;
+        println!("broker cut: ready again {} ms after the cut ended", back.elapsed().as_millis());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let stats = load.finish().await;
+    stats.assert_http_never_failed();
+    let verdict = verify(&app, "broker cut 5 s twice", &events, &stats, &outages, SETTLE).await;
+    assert!(verdict.max_lateness_beyond_outage_ms < 15_000, "{verdict:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_unreachable_for_10_seconds_while_orders_come_due_loses_nothing() {
+    init_logs();
+    let proxy = FaultProxy::start(RABBITMQ).await;
+    let (app, events) = app_via_broker_proxy(&proxy, |_| {}).await;
+    let load = Load::start(vec![app.instance.address.clone()], LoadShape::default());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let start = app.db_now().await;
+    let cut = Instant::now();
+    proxy.down();
+    assert_not_ready_because_of(&app, &app.instance.address, "broker").await;
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(cut.elapsed())).await;
+    proxy.up();
+    let outage = Outage { start, end: app.db_now().await };
+    let back = Instant::now();
+    app.wait_ready().await;
+    println!("broker down 10 s: ready again {} ms after", back.elapsed().as_millis());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stats = load.finish().await;
+    stats.assert_http_never_failed();
+    assert!(stats.count("create 201") > 0);
+    let verdict = verify(&app, "broker down 10 s", &events, &stats, &[outage], SETTLE).await;
+    assert!(verdict.max_lateness_beyond_outage_ms < 15_000, "{verdict:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_unreachable_for_10_seconds_answers_503_quickly_and_loses_nothing() {
+    init_logs();
+    let proxy = FaultProxy::start(POSTGRES).await;
+    let port = proxy.port();
+    let app = TestApp::spawn_with(|c| {
+        c.database_url = via_port(&c.database_url, port);
+        // Retry tiers that outlast the outage: a timer due during it is retried, not parked.
+        c.retry_delays = [1, 2, 4, 8].map(Duration::from_secs).to_vec();
+    })
+    .await;
+    let events = app.observe_events().await;
+    let load = Load::start(vec![app.instance.address.clone()], LoadShape::default());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let start = app.db_now().await;
+    let cut = Instant::now();
+    proxy.down();
+    assert_not_ready_because_of(&app, &app.instance.address, "database").await;
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(cut.elapsed())).await;
+    proxy.up();
+    let outage = Outage { start, end: app.db_now().await };
+    let back = Instant::now();
+    app.wait_ready().await;
+    println!("database down 10 s: ready again {} ms after", back.elapsed().as_millis());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stats = load.finish().await;
+    stats.assert_http_never_failed();
+    assert!(stats.count("create 503 database_unavailable") > 0, "no create met the outage: {:?}", stats.answers);
+    assert!(stats.count("create 201") > 0);
+    let verdict = verify(&app, "database down 10 s", &events, &stats, &[outage], SETTLE).await;
+    assert!(verdict.max_lateness_beyond_outage_ms < 15_000, "{verdict:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_hanging_for_10_seconds_still_answers_every_request_quickly_and_loses_nothing() {
+    init_logs();
+    let proxy = FaultProxy::start(POSTGRES).await;
+    let port = proxy.port();
+    let app = TestApp::spawn_with(|c| {
+        c.database_url = via_port(&c.database_url, port);
+        c.retry_delays = [1, 2, 4, 8].map(Duration::from_secs).to_vec();
+    })
+    .await;
+    let events = app.observe_events().await;
+    let load = Load::start(vec![app.instance.address.clone()], LoadShape::default());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Not refused, black-holed: connections stay open and nothing comes back, so only
+    // the service's own deadlines can answer.
+    let start = app.db_now().await;
+    let stalled = Instant::now();
+    proxy.stall(true);
+    assert_not_ready_because_of(&app, &app.instance.address, "database").await;
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(stalled.elapsed())).await;
+    proxy.stall(false);
+    let outage = Outage { start, end: app.db_now().await };
+    app.wait_ready().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stats = load.finish().await;
+    stats.assert_http_never_failed();
+    assert!(stats.count("create 503 database_unavailable") > 0, "no create met the outage: {:?}", stats.answers);
+    let verdict = verify(&app, "database hanging 10 s", &events, &stats, &[outage], SETTLE).await;
+    assert!(verdict.max_lateness_beyond_outage_ms < 15_000, "{verdict:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_lost_from_a_purged_cache_queue_are_caught_by_the_sweeper() {
+    init_logs();
+    let app = TestApp::spawn_with(|c| {
+        c.sweep_interval = Duration::from_secs(1);
+        c.sweep_grace = Duration::from_secs(1);
+    })
+    .await;
+    let events = app.observe_events().await;
+    let cache = app.topology.cache_queue("order.2000");
+    let load = Load::start(vec![app.instance.address.clone()], LoadShape::default());
+    let mut purged = 0;
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        purged += app.channel().await.queue_purge(cache.as_str().into(), QueuePurgeOptions::default()).await.expect("purge");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stats = load.finish().await;
+    stats.assert_http_never_failed();
+    println!("purged {purged} timers from {cache}");
+    assert!(purged > 0, "nothing was purged");
+    let verdict = verify(&app, "purged cache queue", &events, &stats, &[], SETTLE).await;
+    // Grace (1 s) + interval (1 s) + the sweep itself.
+    assert!(verdict.max_lateness_ms < 5_000, "{verdict:?}");
+}
+
+/// Creates that are certainly being handled when the caller stops the service: sent,
+/// then given time to reach their handlers (each takes several database round trips
+/// through the slowed proxy). Every one must still be answered 201.
+async fn open_requests(app: &TestApp, address: &str, n: usize) -> tokio::task::JoinHandle<Vec<Result<StatusCode, String>>> {
+    let requests: Vec<_> = (0..n)
+        .map(|_| app.client.post(format!("{address}/orders")).json(&crate::helpers::order_body()).send())
+        .collect();
+    let handle = tokio::spawn(async move {
+        futures_util::future::join_all(requests).await.into_iter().map(|r| r.map(|r| r.status()).map_err(|e| e.to_string())).collect()
+    });
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    handle
+}
+
+fn assert_all_created(answers: Vec<Result<StatusCode, String>>) {
+    assert!(answers.iter().all(|a| matches!(a, Ok(StatusCode::CREATED))), "requests open at the stop: {answers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_mid_load_leaves_nothing_half_done_and_a_second_instance_finishes() {
+    init_logs();
+    // The database is slowed down so requests and deliveries are really in flight.
+    let proxy = FaultProxy::start(POSTGRES).await;
+    proxy.set_latency(Duration::from_millis(25));
+    let port = proxy.port();
+    let mut app = TestApp::spawn_with(|c| {
+        c.database_url = via_port(&c.database_url, port);
+        c.database_pool_size = 16;
+    })
+    .await;
+    let events = app.observe_events().await;
+    let load = Load::start(vec![app.instance.address.clone()], LoadShape::default());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let open = open_requests(&app, &app.instance.address, 3).await;
+    let stopping = Instant::now();
+    let shutdown_timeout = app.instance.config.shutdown_timeout;
+    app.instance.stop().await.expect("graceful stop returns Ok");
+    let took = stopping.elapsed();
+    println!("graceful stop under load took {} ms", took.as_millis());
+    assert!(took < shutdown_timeout, "stop took {took:?}");
+    assert_all_created(open.await.expect("open requests"));
+    let stopped_at = app.db_now().await;
+    let second = app.spawn_instance(|_| {}).await;
+    wait_ready_at(&app, &second.address, Duration::from_secs(15)).await;
+    let outage = Outage { start: stopped_at, end: app.db_now().await };
+    load.retarget(vec![second.address.clone()]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stats = load.finish().await;
+    // Requests sent to the stopped instance may find it gone; none may be answered badly.
+    stats.assert_always_answered_well();
+    assert!(stats.transport_errors.keys().all(|target| *target == app.instance.address), "{:?}", stats.transport_errors);
+    let verdict = verify(&app, "graceful stop", &events, &stats, &[outage], SETTLE).await;
+    assert!(verdict.max_lateness_beyond_outage_ms < 10_000, "{verdict:?}");
+}
+
+/// The real `order-timeout` binary, run with environment variables like in production.
+struct Binary {
+    child: tokio::process::Child,
+    address: String,
+    log: PathBuf,
+}
+
+impl Binary {
+    fn start(env: &TestEnv, extra: &[(&str, &str)]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("port").port();
+        let log = std::env::temp_dir().join(format!("{}-{port}.log", env.prefix));
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_order-timeout"));
+        command
+            .arg("serve")
+            .env_clear()
+            .env("DATABASE_URL", &env.database_url)
+            .env("AMQP_URL", AMQP_URL)
+            .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("QUEUE_PREFIX", &env.prefix)
+            .env("ORDER_TIMEOUT", "2s")
+            .env("WAYBILL_TIMEOUT", "2s")
+            .env("RETRY_DELAYS", "300ms,600ms")
+            .env("SWEEP_INTERVAL", "1h")
+            .env("SWEEP_GRACE", "1s")
+            .env("DATABASE_POOL_SIZE", "5")
+            .env("DATABASE_ACQUIRE_TIMEOUT", "1s")
+            .env("DATABASE_REQUEST_TIMEOUT", "2s")
+            .env("SHUTDOWN_TIMEOUT", "10s")
+            .env("RUST_LOG", "info,sqlx=warn,lapin=warn")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .kill_on_drop(true);
+        for (name, value) in extra {
+            command.env(name, value);
+        }
+        let child = command.spawn().expect("start target/debug/order-timeout");
+        Self { child, address: format!("http://127.0.0.1:{port}"), log }
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill").args([signal, &pid]).status().expect("kill");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
+    async fn exit_within(&mut self, within: Duration) -> Option<ExitStatus> {
+        tokio::time::timeout(within, self.child.wait()).await.ok().map(|status| status.expect("wait"))
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_the_binary_mid_load_exits_0_in_time_and_a_second_instance_finishes() {
+    init_logs();
+    let mut app = TestApp::spawn().await;
+    let events = app.observe_events().await;
+    // Only the binary serves until it is stopped; the harness's instance only set things up.
+    app.instance.stop().await.expect("stop the set-up instance");
+    // The database is slowed down so requests and deliveries are really in flight.
+    let proxy = FaultProxy::start(POSTGRES).await;
+    proxy.set_latency(Duration::from_millis(25));
+    let database_url = via_port(&app.env.database_url, proxy.port());
+    let mut binary = Binary::start(&app.env, &[("DATABASE_URL", &database_url), ("DATABASE_POOL_SIZE", "16")]);
+    wait_ready_at(&app, &binary.address, Duration::from_secs(20)).await;
+    let load = Load::start(vec![binary.address.clone()], LoadShape::default());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let open = open_requests(&app, &binary.address, 3).await;
+    let stopping = Instant::now();
+    binary.signal("-TERM");
+    let status = binary.exit_within(Duration::from_secs(10 + 2)).await;
+    let took = stopping.elapsed();
+    let stopped_at = app.db_now().await;
+    let Some(status) = status else { panic!("no exit within the shutdown timeout:\n{}", binary.log_tail()) };
+    println!("SIGTERM under load: exited with {status} after {} ms", took.as_millis());
+    assert_eq!(status.code(), Some(0), "{}", binary.log_tail());
+    assert_all_created(open.await.expect("open requests"));
+    let second = app.spawn_instance(|_| {}).await;
+    wait_ready_at(&app, &second.address, Duration::from_secs(15)).await;
+    let outage = Outage { start: stopped_at, end: app.db_now().await };
+    load.retarget(vec![second.address.clone()]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stats = load.finish().await;
+    stats.assert_always_answered_well();
+    assert!(stats.transport_errors.keys().all(|target| *target == binary.address), "{:?}", stats.transport_errors);
+    let verdict = verify(&app, "SIGTERM", &events, &stats, &[outage], SETTLE).await;
+    assert!(verdict.max_lateness_beyond_outage_ms < 10_000, "{verdict:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_of_two_instances_killed_mid_load_loses_nothing() {
+    init_logs();
+    let app = TestApp::spawn().await;
+    let events = app.observe_events().await;
+    let binary = Binary::start(&app.env, &[]);
+    wait_ready_at(&app, &binary.address, Duration::from_secs(20)).await;
+    let survivor = app.instance.address.clone();
+    let load = Load::start(vec![survivor.clone(), binary.address.clone()], LoadShape::default());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let killed_at = app.db_now().await;
+    binary.signal("-KILL");
+    load.retarget(vec![survivor.clone()]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stats = load.finish().await;
+    stats.assert_always_answered_well();
+    assert!(stats.transport_errors.keys().all(|target| *target == binary.address), "{:?}", stats.transport_errors);
+    // Deliveries the killed instance held come back to the survivor at once; its
+    // claimed outbox rows are unlocked when PostgreSQL sees the connection close.
+    let outage = Outage { start: killed_at, end: killed_at };
+    let verdict = verify(&app, "SIGKILL one of two", &events, &stats, &[outage], SETTLE).await;
+    assert!(verdict.max_lateness_beyond_outage_ms < 10_000, "{verdict:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_max_makes_the_instance_exit_with_an_error_when_the_broker_stays_away() {
+    init_logs();
+    let proxy = FaultProxy::start(RABBITMQ).await;
+    let reconnect_max = Duration::from_secs(7);
+    let (mut app, _) = app_via_broker_proxy(&proxy, |c| c.reconnect_max = reconnect_max).await;
+    proxy.down();
+    let lost = Instant::now();
+    // It keeps serving while it tries.
+    assert_not_ready_because_of(&app, &app.instance.address, "broker").await;
+    let (status, _) = app.post("/orders", crate::helpers::order_body()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let exit = app.instance.exited(Duration::from_secs(15)).await;
+    let took = lost.elapsed();
+    let Some(result) = exit else { panic!("still running {took:?} after the broker went away with RECONNECT_MAX={reconnect_max:?}") };
+    let error = result.expect_err("giving up must be an error");
+    println!("gave up {} ms after the broker went away: {error:#}", took.as_millis());
+    assert!(format!("{error:#}").contains("RECONNECT_MAX"), "{error:#}");
+    // Gives up at RECONNECT_MAX, not at whatever the backoff reached by then.
+    assert!(took >= reconnect_max && took < reconnect_max + Duration::from_millis(1500), "gave up after {took:?}");
+}
+
+#[tokio::test]
+async fn the_binary_exits_non_zero_when_the_broker_is_never_reachable_within_reconnect_max() {
+    let app = TestApp::spawn().await;
+    let mut binary = Binary::start(&app.env, &[("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f"), ("RECONNECT_MAX", "1s")]);
+    let status = binary.exit_within(Duration::from_secs(15)).await;
+    let Some(status) = status else { panic!("still running:\n{}", binary.log_tail()) };
+    let log = binary.log_tail();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("RECONNECT_MAX"), "{log}");
+}
