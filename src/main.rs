@@ -25,6 +25,9 @@ enum Command {
         #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/order_timeout")]
         database_url: String,
     },
+    /// Measure throughput, cancel lateness, a burst of deadlines and memory on this
+    /// machine, next to the raw-insert baseline; see README.md "Performance".
+    Bench(order_timeout::bench::BenchArgs),
 }
 
 #[tokio::main]
@@ -33,6 +36,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(config) => serve(config).await,
         Command::Migrate { database_url } => migrate(&database_url).await,
+        Command::Bench(args) => order_timeout::bench::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,97 @@
+//! The create phase: `POST /orders` at a fixed concurrency, and in the same run the
+//! physical limit it is compared with: single-row INSERT transactions into a table of the
+//! same shape as `orders` (columns, constraints, indexes), at the same concurrency,
+//! through a pool as large as the service's.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::postgres::PgPoolOptions;
+use uuid::Uuid;
+
+use super::env::{BenchEnv, LONG_TIMEOUT};
+use super::load::{self, Api, Counters, Stop, Throughput};
+use super::Sizes;
+
+/// Load before the measured window, so connections and caches are warm.
+const WARMUP: Duration = Duration::from_secs(1);
+
+/// Figures of the create phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct CreateReport {
+    /// Concurrent clients of both loads.
+    pub concurrency: usize,
+    /// Connections of the service's pool and of the baseline's.
+    pub pool_size: u32,
+    /// `POST /orders`.
+    pub api: Throughput,
+    /// Single-row INSERT transactions into `bench_raw_orders`.
+    pub raw_insert: Throughput,
+    /// `api.per_second / raw_insert.per_second`.
+    pub ratio: f64,
+    /// How long after the API load the relay still published (`None`: not within 2 min).
+    pub outbox_drained_after_s: Option<f64>,
+    /// The service's counters over the phase.
+    pub counters: Counters,
+}
+
+/// Runs the baseline, then the API load, on a service whose orders outlive the phase.
+pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<CreateReport> {
+    let service = env.start(LONG_TIMEOUT).await?;
+    let api = Api::new(&service.url);
+    let stop = Stop::Measure { warmup: WARMUP, measure: Duration::from_secs(sizes.create_seconds) };
+    let raw_insert = raw_insert(env, sizes, stop).await?;
+    let before = api.counters().await;
+    let tag: Arc<str> = env.tag("create").into();
+    let bar = load::timed_bar("create", &format!("POST /orders, {} clients", sizes.concurrency), stop);
+    let client = api.clone();
+    let api_load = load::closed_loop(sizes.concurrency, stop, &bar, move |_| {
+        let (client, tag) = (client.clone(), tag.clone());
+        async move { client.create_order(&tag).await.map(drop) }
+    })
+    .await;
+    let drained = env.wait_outbox_drained(Duration::from_secs(120)).await?;
+    let counters = api.counters().await.since(&before);
+    service.stop().await?;
+    Ok(CreateReport {
+        concurrency: sizes.concurrency,
+        pool_size: sizes.pool_size,
+        ratio: api_load.per_second / raw_insert.per_second.max(1e-9),
+        api: api_load,
+        raw_insert,
+        outbox_drained_after_s: drained.map(|d| d.as_secs_f64()),
+        counters,
+    })
+}
+
+/// The baseline: what PostgreSQL does with the same concurrency and pool, no service.
+async fn raw_insert(env: &BenchEnv, sizes: &Sizes, stop: Stop) -> anyhow::Result<Throughput> {
+    let pool = PgPoolOptions::new().max_connections(sizes.pool_size).connect(env.database_url()).await?;
+    sqlx::query("drop table if exists bench_raw_orders").execute(&pool).await?;
+    sqlx::query("create table bench_raw_orders (like orders including all)").execute(&pool).await?;
+    let bar = load::timed_bar("raw insert", &format!("single-row INSERT transactions, {} clients, pool {}", sizes.concurrency, sizes.pool_size), stop);
+    let inserting = pool.clone();
+    let throughput = load::closed_loop(sizes.concurrency, stop, &bar, move |_| {
+        let pool = inserting.clone();
+        async move {
+            sqlx::query(
+                "insert into bench_raw_orders (id, customer_id, amount_cents, currency, items, expires_at)
+                 values ($1, $2, $3, $4, $5, now() + $6::bigint * interval '1 millisecond')",
+            )
+            .bind(Uuid::now_v7())
+            .bind("bench-raw")
+            .bind(1999_i64)
+            .bind("EUR")
+            .bind(None::<serde_json::Value>)
+            .bind(LONG_TIMEOUT.as_millis() as i64)
+            .execute(&pool)
+            .await?;
+            Ok(())
+        }
+    })
+    .await;
+    sqlx::query("drop table bench_raw_orders").execute(&pool).await?;
+    pool.close().await;
+    Ok(throughput)
+}
