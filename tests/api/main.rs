@@ -7,5 +7,6 @@ mod proxy;
 mod console;
 mod failures;
 mod http_contract;
+mod openapi;
 mod timers;
 mod chaos;
