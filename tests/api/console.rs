@@ -501,6 +501,7 @@ async fn drive(page: &Page, app: &TestApp, scene: &Scene) {
     parking_replays_after_a_confirmation_naming_the_count(page, app).await;
     lookup_tells_what_happened(page, scene).await;
     save_screenshot(page).await;
+    paging_follows_the_next_cursor(page, app).await;
     assert_eq!(page.pwned().await, "undefined", "no data ever ran as script");
 }
 
@@ -667,4 +668,33 @@ async fn lookup_tells_what_happened(page: &Page, scene: &Scene) {
     assert!(fields.contains("waybill") && fields.contains("acceptance_timeout"), "{fields}");
     let timeline = page.text("#lookup-timeline").await.unwrap();
     assert!(timeline.contains("event waybill.cancelled written") && timeline.contains("after the deadline"), "{timeline}");
+}
+
+async fn paging_follows_the_next_cursor(page: &Page, app: &TestApp) {
+    // 22 more rows: with the 3 of the poison message, a page of 20 and a page of 5.
+    for i in 0..22 {
+        sqlx::query(
+            "insert into failed_messages (id, queue, exchange, routing_key, headers, body, message_id, error,
+                                          error_class, attempts, first_failed_at, last_failed_at)
+             values ($1, $2, '', $2, '{}', $3, $4, 'database unavailable: pool timed out', 'transient', 3, now(), now())",
+        )
+        .bind(Uuid::now_v7())
+        .bind(&app.topology.due_queue)
+        .bind(vec![0xffu8, i])
+        .bind(format!("paging-{i}"))
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+    let rows = || page.script("return document.querySelectorAll('#failed-rows tr').length;", vec![]);
+    assert!(eventually(WITHIN, || async { rows().await == 20 }).await, "a full first page");
+    assert_eq!(page.text("#failed-rows tr:first-child .body-cell").await.as_deref(), Some("(2 bytes, not UTF-8)"));
+    page.click("#page-next").await;
+    page.wait_text("#page-info", "the second page", |t| t == "page 2").await;
+    assert!(eventually(WITHIN, || async { rows().await == 5 }).await, "the rest on the second page");
+    let last = page.text("#failed-rows tr:last-child .body-cell").await.unwrap();
+    assert!(last.contains("<script>"), "the oldest row, the first poison message, ends the list: {last}");
+    page.click("#page-prev").await;
+    page.wait_text("#page-info", "back to the first page", |t| t == "page 1").await;
+    assert!(eventually(WITHIN, || async { rows().await == 20 }).await);
 }
