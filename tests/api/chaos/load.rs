@@ -13,7 +13,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::helpers::{eventually, TestApp};
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+
+use crate::helpers::{eventually, TestApp, AMQP_URL};
 
 /// Longest answer any request may take, whatever is down.
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(3);
@@ -342,8 +346,9 @@ pub async fn verify(app: &TestApp, label: &str, events_queue: &str, stats: &Stat
     // Every state change at least once; duplicates are allowed (at-least-once).
     let mut seen: HashMap<(String, Uuid), usize> = HashMap::new();
     let deadline = Instant::now() + within;
+    let mut observer = Observer::default();
     loop {
-        for (key, body) in app.drain(events_queue).await {
+        for (key, body) in observer.drain(events_queue).await {
             let id = Uuid::parse_str(body["id"].as_str().unwrap_or_default()).unwrap_or_default();
             *seen.entry((key, id)).or_default() += 1;
         }
@@ -360,7 +365,7 @@ pub async fn verify(app: &TestApp, label: &str, events_queue: &str, stats: &Stat
 
     let failed: i64 = sqlx::query_scalar("select count(*) from failed_messages").fetch_one(&app.pool).await.expect("failed");
     assert_eq!(failed, 0, "{label}: messages left for an operator in failed_messages");
-    assert_eq!(app.queue_depth(&app.topology.parking_queue).await, 0, "{label}: messages parked");
+    assert_eq!(observer.depth(&app.topology.parking_queue).await, Some(0), "{label}: messages parked");
 
     let verdict = Verdict {
         orders: orders.len(),
@@ -382,6 +387,54 @@ pub async fn verify(app: &TestApp, label: &str, events_queue: &str, stats: &Stat
         verdict.duplicate_events
     );
     verdict
+}
+
+/// Reads the broker on a connection of its own, reconnecting when the broker went away
+/// (a restart by this test or by anyone else sharing the machine's broker): the events
+/// wait in a durable queue, so a reconnect loses none.
+#[derive(Default)]
+struct Observer {
+    connection: Option<Connection>,
+}
+
+impl Observer {
+    async fn channel(&mut self) -> Option<lapin::Channel> {
+        if !self.connection.as_ref().is_some_and(|c| c.status().connected()) {
+            self.connection = Connection::connect(AMQP_URL, ConnectionProperties::default()).await.ok();
+        }
+        let channel = self.connection.as_ref()?.create_channel().await.ok();
+        if channel.is_none() {
+            self.connection = None;
+        }
+        channel
+    }
+
+    /// Every message of `queue` as (routing key, body); acked once all are read, so a
+    /// connection lost midway redelivers them (a duplicate at worst, never a loss).
+    async fn drain(&mut self, queue: &str) -> Vec<(String, Value)> {
+        let Some(channel) = self.channel().await else { return Vec::new() };
+        let mut messages = Vec::new();
+        let mut last_tag = None;
+        while let Ok(Some(message)) = channel.basic_get(queue.into(), BasicGetOptions { no_ack: false }).await {
+            let body = serde_json::from_slice(&message.delivery.data).unwrap_or(Value::Null);
+            messages.push((message.delivery.routing_key.to_string(), body));
+            last_tag = Some(message.delivery.delivery_tag);
+        }
+        if let Some(tag) = last_tag {
+            if channel.basic_ack(tag, BasicAckOptions { multiple: true }).await.is_err() {
+                return Vec::new();
+            }
+        }
+        let _ = channel.close(200, "drained".into()).await;
+        messages
+    }
+
+    /// Messages ready in `queue`.
+    async fn depth(&mut self, queue: &str) -> Option<u32> {
+        let channel = self.channel().await?;
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        channel.queue_declare(queue.into(), passive, FieldTable::default()).await.ok().map(|q| q.message_count())
+    }
 }
 
 /// Logs of the service into the test's output when `TEST_LOG` is set (e.g. `TEST_LOG=info`).
