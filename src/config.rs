@@ -60,7 +60,7 @@ pub struct Config {
     #[arg(long, env = "SWEEP_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub sweep_grace: Duration,
 
-    /// Bearer token of the admin API; unset disables it (503 `admin_disabled`).
+    /// Bearer token of the admin API; unset or empty disables it (503 `admin_disabled`).
     #[arg(long, env = "ADMIN_TOKEN")]
     pub admin_token: Option<String>,
 

@@ -42,15 +42,17 @@ pub fn router(state: AppState) -> Router<AppState> {
 /// Refuses requests without the right token, comparing in constant time (of hashes, so
 /// the length leaks nothing either).
 pub(super) async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Some(expected) = state.config.admin_token.as_deref() else {
+    // An empty token (`ADMIN_TOKEN=` in a compose file) counts as unset.
+    let Some(expected) = state.config.admin_token.as_deref().filter(|t| !t.trim().is_empty()) else {
         return ApiError::AdminDisabled.into_response();
     };
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, token)| token.trim());
     let matches: bool = Sha256::digest(given.as_bytes()).ct_eq(&Sha256::digest(expected.as_bytes())).into();
     if given.is_empty() || !matches {
         tracing::warn!(path = %request.uri().path(), "admin call refused: bad token");
@@ -89,7 +91,7 @@ async fn list(State(state): State<AppState>, query: QueryPairs) -> Result<Json<L
         Some("discarded") => Some("discarded"),
         Some(_) => return Err(FieldError::new("status", "must be one of pending, requeued, discarded").into()),
     };
-    let filter = FailedFilter { status, queue: query.get("queue").map(str::to_owned), after: page.after, limit: page.limit };
+    let filter = FailedFilter { status, queue: query.get("queue").map(str::to_owned), after: page.after, limit: page.limit + 1 };
     let rows = failed::list(&state.pool, &filter).await?;
     let listing = paged(rows, page.limit, |row| row.id);
     Ok(Json(Listing { items: listing.items.into_iter().map(FailedView::from).collect(), next: listing.next }))
@@ -102,7 +104,7 @@ async fn show(State(state): State<AppState>, EntityId(id): EntityId) -> Result<J
 
 async fn requeue_one(State(state): State<AppState>, EntityId(id): EntityId) -> Result<Json<FailedView>, ApiError> {
     let mut tx = state.pool.begin().await.map_err(crate::store::StoreError::from)?;
-    let mut row = failed::lock(&mut tx, id).await?.ok_or(ApiError::NotFound("failed message not found"))?;
+    let row = failed::lock(&mut tx, id).await?.ok_or(ApiError::NotFound("failed message not found"))?;
     if row.status != "pending" {
         return Err(ApiError::conflict("already_resolved", format!("the message was already {}", row.status)));
     }
@@ -111,7 +113,7 @@ async fn requeue_one(State(state): State<AppState>, EntityId(id): EntityId) -> R
     tx.commit().await.map_err(crate::store::StoreError::from)?;
     metrics::counter!("order_timeout_requeued_total", "source" => "failed_messages").increment(1);
     tracing::info!(failed_message_id = %id, message_id = ?row.message_id, queue = %row.queue, "admin requeued a failed message");
-    row.status = "requeued".into();
+    let row = failed::get(&state.pool, id).await?.ok_or(ApiError::NotFound("failed message not found"))?;
     Ok(Json(row.into()))
 }
 

@@ -72,7 +72,10 @@ fn idempotency_key(headers: &HeaderMap, scope: &'static str, body: &JsonBody) ->
         .map(str::trim)
         .filter(|k| !k.is_empty() && k.len() <= 255)
         .ok_or_else(|| FieldError::new("Idempotency-Key", "must be 1 to 255 visible ASCII characters"))?;
-    Ok(Some(IdempotencyKey::new(scope, key.to_owned(), &body.raw)))
+    // The parsed document, re-serialised with sorted keys: the same JSON with other
+    // whitespace or key order is the same request.
+    let canonical = serde_json::to_vec(&body.value).map_err(|_| ApiError::Internal)?;
+    Ok(Some(IdempotencyKey::new(scope, key.to_owned(), &canonical)))
 }
 
 /// Reads one entity or answers 404.
@@ -113,13 +116,17 @@ pub async fn list<T: Entity>(
             Uuid::parse_str(owner).map_err(|_| FieldError::new(owner_param, "must be a UUID"))?;
         }
     }
-    let filter = ListFilter { status, owner, after: page.after, limit: page.limit };
+    // One row more than the page, to know whether another page follows.
+    let filter = ListFilter { status, owner, after: page.after, limit: page.limit + 1 };
     let items = within_deadline(state, entities::list::<T>(&state.pool, &filter)).await?;
     Ok(Json(paged(items, page.limit, Entity::id)))
 }
 
-/// Builds a page: the cursor is the last id when the page is full.
-pub fn paged<T>(items: Vec<T>, limit: i64, id: fn(&T) -> Uuid) -> Listing<T> {
-    let next = if items.len() as i64 == limit { items.last().map(id) } else { None };
+/// Builds a page from up to `limit + 1` rows: the extra row only says that another page
+/// follows, and the cursor is the last id shown.
+pub fn paged<T>(mut items: Vec<T>, limit: i64, id: fn(&T) -> Uuid) -> Listing<T> {
+    let more = items.len() as i64 > limit;
+    items.truncate(limit.max(0) as usize);
+    let next = if more { items.last().map(id) } else { None };
     Listing { items, next }
 }

@@ -131,6 +131,7 @@ async fn a_locked_row_exhausts_the_retries_then_a_requeue_cancels_the_order() {
     let (status, requeued) = app.admin(Method::POST, &path).await;
     assert_eq!(status, StatusCode::OK, "{requeued}");
     assert_eq!(requeued["status"], "requeued");
+    assert!(requeued["resolved_at"].is_string(), "{requeued}");
     app.wait_for_order_status(&id, "cancelled", WITHIN).await;
     let (status, again) = app.admin(Method::POST, &path).await;
     assert_eq!((status, again["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("already_resolved")));
@@ -235,6 +236,9 @@ async fn admin_routes_need_the_token_and_are_off_without_one() {
     let response = disabled.client.post(disabled.url("/admin/parking/requeue")).bearer_auth("anything").send().await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(response.json::<Value>().await.unwrap()["error"]["code"], "admin_disabled");
+    let empty = TestApp::spawn_with(|c| c.admin_token = Some(String::new())).await;
+    let response = empty.client.get(empty.url("/admin/failed-messages")).bearer_auth("").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "an empty ADMIN_TOKEN disables the admin API");
 }
 
 #[tokio::test]

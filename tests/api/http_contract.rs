@@ -97,6 +97,11 @@ async fn the_same_idempotency_key_replays_and_a_reused_key_is_refused() {
     let replay = post(order_body()).await.unwrap();
     assert_eq!(replay.status(), StatusCode::OK);
     assert_eq!(replay.json::<Value>().await.unwrap(), first);
+    // The same document with other whitespace and key order is the same request.
+    let reordered = app.client.post(app.url("/orders")).header("Idempotency-Key", "key-1")
+        .header("content-type", "application/json")
+        .body(r#"{ "currency": "EUR",  "amount_cents": 2500, "customer_id": "cust-1" }"#).send().await.unwrap();
+    assert_eq!(reordered.status(), StatusCode::OK);
     let mut other = order_body();
     other["amount_cents"] = json!(9999);
     let reused = post(other).await.unwrap();
@@ -142,6 +147,9 @@ async fn listing_pages_newest_first_with_filters() {
     let (_, page2) = app.get(&format!("/orders?limit=2&after={next}")).await;
     let ids: Vec<String> = page2["items"].as_array().unwrap().iter().map(id_of).collect();
     assert_eq!(ids, vec![created[2].clone(), created[1].clone()]);
+    let (_, exact) = app.get("/orders?limit=5").await;
+    assert_eq!(exact["items"].as_array().unwrap().len(), 5);
+    assert!(exact["next"].is_null(), "a full last page has no next cursor");
     let (_, evens) = app.get("/orders?customer_id=even&status=pending").await;
     let ids: Vec<String> = evens["items"].as_array().unwrap().iter().map(id_of).collect();
     assert_eq!(ids, vec![created[2].clone(), created[0].clone()]);
