@@ -108,7 +108,11 @@ async fn the_broker_unreachable_for_10_seconds_while_orders_come_due_loses_nothi
     stats.assert_http_never_failed();
     assert!(stats.count("create 201") > 0);
     let verdict = verify(&app, "broker down 10 s", &events, &stats, &[outage], SETTLE).await;
-    assert!(verdict.max_lateness_beyond_outage_ms < 15_000, "{verdict:?}");
+    // The reconnect backoff doubles (with up to 100 % jitter): attempts land between
+    // 6.3 and 12.6 s after the loss, the next one up to 12.8 s later. So after 10 s down
+    // the connection can come back up to ~13 s after the broker did, then the backlog
+    // drains.
+    assert!(verdict.max_lateness_beyond_outage_ms < 20_000, "{verdict:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
