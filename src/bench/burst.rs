@@ -15,6 +15,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::broker::{self, BrokerBaseline};
 use super::env::{BenchEnv, LONG_TIMEOUT};
 use super::lateness::histogram_of;
 use super::load::{self, Api, Counters, Latency};
@@ -50,16 +51,20 @@ pub struct BurstReport {
     pub lateness: Latency,
     /// The service's counters over the phase.
     pub counters: Counters,
+    /// The same burst through RabbitMQ alone, run before the service's.
+    pub broker_only: BrokerBaseline,
 }
 
 /// Inserts the burst, waits for every cancel, reads the timings.
 pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<BurstReport> {
+    // Whole seconds, so the bucket is a name no configured timeout uses.
+    let lead_s = sizes.burst_lead_ms.div_ceil(1000).max(1);
+    let prefetch = crate::config::Config::defaults().prefetch;
+    let broker_only = broker::burst(env.amqp_url(), env.prefix(), sizes.burst, Duration::from_secs(lead_s), prefetch).await?;
     let service = env.start(LONG_TIMEOUT).await?;
     let api = Api::new(&service.url);
     let before = api.counters().await;
     let tag = env.tag("burst");
-    // Whole seconds, so the bucket is a name no configured timeout uses.
-    let lead_s = sizes.burst_lead_ms.div_ceil(1000).max(1);
     let bucket = format!("order.{}", lead_s * 1000 + 1);
     env.remember_bucket(&bucket);
     let second: DateTime<Utc> = sqlx::query_scalar("select date_trunc('second', now()) + $1 * interval '1 second'")
@@ -89,6 +94,7 @@ pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<BurstReport> {
         cancels_per_second: timing.samples_ms.len() as f64 / timing.first_deadline_to_last_cancel_s.max(1e-9),
         lateness: Latency::of(&histogram_of(&timing.samples_ms)),
         counters,
+        broker_only,
     })
 }
 

@@ -97,9 +97,14 @@ impl BenchEnv {
         &self.database_name
     }
 
-    /// The queue prefix of started services.
+    /// The queue prefix of started services, and of the bench's own queues.
     pub fn prefix(&self) -> &str {
-        if matches!(self.mode, Mode::External { .. }) { "(the running service's)" } else { &self.prefix }
+        &self.prefix
+    }
+
+    /// The broker's URL.
+    pub fn amqp_url(&self) -> &str {
+        &self.amqp_url
     }
 
     /// The service's database URL (the raw-insert baseline connects to it).

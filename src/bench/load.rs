@@ -72,7 +72,8 @@ impl Api {
     }
 }
 
-/// Selected counters of `/metrics`: deliveries by outcome, sweeper cancels, retries.
+/// Selected counters of `/metrics`: deliveries by outcome, sweeper cancels, retries,
+/// consumer batches and the time spent handling them.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Counters(pub BTreeMap<String, f64>);
 
@@ -92,6 +93,8 @@ impl Counters {
                 "order_timeout_retries_total" => "retries".into(),
                 "order_timeout_failed_messages_total" => "failed_messages".into(),
                 "order_timeout_outbox_published_total" => "outbox_published".into(),
+                "order_timeout_handler_seconds_count" => "consumer_batches".into(),
+                "order_timeout_handler_seconds_sum" => "consumer_batch_seconds".into(),
                 _ => continue,
             };
             *counters.entry(key).or_insert(0.0) += value;

@@ -20,6 +20,7 @@
 //! `--database-url` names that service's database, and `--pid` its process for memory).
 //! Everything is dropped at the end unless `--keep`.
 
+mod broker;
 mod burst;
 mod create;
 mod env;
@@ -189,7 +190,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let sizes = Sizes::of(&args);
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let env = BenchEnv::prepare(&args, &sizes).await?;
-    eprintln!("bench: database {}, queue prefix {}, service {}", env.database_name(), env.prefix(), env.describe_service());
+    eprintln!("bench: database {}, service {}", env.database_name(), env.describe_service());
     let outcome = tokio::select! {
         outcome = run_phases(&args, &sizes, &env) => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),

@@ -140,6 +140,8 @@ impl Report {
             row(&mut out, &format!("burst: {} deadlines, lateness", b.orders), format!("{}", b.cancelled), &b.lateness);
             let _ = writeln!(out, "{:<44} {:>12}", "burst: all cancelled after (s)", format!("{:.2}", b.all_cancelled_after_s));
             let _ = writeln!(out, "{:<44} {:>12}", "burst: cancels/s", format!("{:.0}", b.cancels_per_second));
+            let o = &b.broker_only;
+            let _ = writeln!(out, "{:<44} {:>12}", format!("burst: RabbitMQ alone, all delivered after (s)"), format!("{:.2}", o.all_delivered_after_s));
         }
         if let Some(p) = &self.pending {
             if let (Some(idle), Some(loaded)) = (p.idle, p.loaded) {
