@@ -8,7 +8,7 @@
 //! 1. [`api`] parses the request into [`domain`] values and calls [`store::entities`],
 //!    which inserts the order (pending, `expires_at = now() + ORDER_TIMEOUT` in SQL), its
 //!    timer and its `order.created` event into the outbox, in one transaction.
-//! 2. [`outbox`] (the relay), woken by LISTEN/NOTIFY, claims the rows with
+//! 2. [`outbox`] (the relay), woken in-process after the commit, claims the rows with
 //!    `FOR UPDATE SKIP LOCKED` and publishes the timer with `expiration` = milliseconds
 //!    left into the cache bucket of its kind and timeout ([`broker::topology`]), waits for
 //!    the publisher confirm, then marks the rows published.

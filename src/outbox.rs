@@ -1,21 +1,22 @@
 //! The outbox relay: publishes what committed transactions wrote to the outbox, in id
-//! order, with publisher confirms, and only then marks the rows published. Woken by
-//! LISTEN/NOTIFY (any instance's commits) and by an in-process `Notify` (our own), with
-//! a polling fallback; rows are claimed with `FOR UPDATE SKIP LOCKED` so any number of
-//! instances relay side by side.
+//! order, with publisher confirms, and only then marks the rows published. Woken by an
+//! in-process `Notify` after this instance commits outbox rows, and polls the outbox
+//! every second for rows other instances committed (or left behind when they died); rows
+//! are claimed with `FOR UPDATE SKIP LOCKED` so any number of instances relay side by
+//! side. There is no NOTIFY from the writing transactions: it would serialise their
+//! commits (migrations/0002_outbox_without_notify.sql).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::types::{FieldTable, ShortString};
 use lapin::BasicProperties;
-use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, Outgoing, PublishError, PERSISTENT};
-use crate::store::outbox::{self, Pending, NOTIFY_CHANNEL};
+use crate::store::outbox::{self, Pending};
 use crate::store::StoreError;
 
 /// Rows published per transaction.
@@ -44,7 +45,6 @@ impl From<sqlx::Error> for RelayError {
 
 /// Runs the relay until `shutdown`; the batch in flight finishes first.
 pub async fn run(pool: PgPool, broker: Broker, wakeup: Arc<Notify>, shutdown: CancellationToken) {
-    tokio::spawn(listen(pool.clone(), wakeup.clone(), shutdown.clone()));
     let mut failing = false;
     loop {
         let pause = match relay_batch(&pool, &broker).await {
@@ -69,38 +69,6 @@ pub async fn run(pool: PgPool, broker: Broker, wakeup: Arc<Notify>, shutdown: Ca
             _ = shutdown.cancelled() => return,
             _ = wakeup.notified(), if pause.is_none() => {}
             _ = tokio::time::sleep(wait) => {}
-        }
-    }
-}
-
-/// Keeps a LISTEN connection open and turns notifications into wake-ups.
-async fn listen(pool: PgPool, wakeup: Arc<Notify>, shutdown: CancellationToken) {
-    while !shutdown.is_cancelled() {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            error = listen_until_error(&pool, &wakeup) => {
-                tracing::debug!(%error, "outbox listener lost, polling until it is back");
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(POLL_INTERVAL) => {}
-        }
-    }
-}
-
-async fn listen_until_error(pool: &PgPool, wakeup: &Notify) -> sqlx::Error {
-    let mut listener = match PgListener::connect_with(pool).await {
-        Ok(listener) => listener,
-        Err(error) => return error,
-    };
-    if let Err(error) = listener.listen(NOTIFY_CHANNEL).await {
-        return error;
-    }
-    loop {
-        match listener.recv().await {
-            Ok(_) => wakeup.notify_one(),
-            Err(error) => return error,
         }
     }
 }

@@ -108,10 +108,11 @@ impl Application {
             router: Arc::new(Router { pool: pool.clone(), broker: broker.clone(), alerter }),
             concurrency: usize::from(config.consumer_concurrency),
             prefetch: config.prefetch,
+            relay_wakeup: relay_wakeup.clone(),
         };
         workers.spawn(consumer.run(shutdown.clone()));
+        workers.spawn(sweeper::run(pool.clone(), config.sweep_interval, config.sweep_grace, relay_wakeup.clone(), shutdown.clone()));
         workers.spawn(outbox::run(pool.clone(), broker.clone(), relay_wakeup, shutdown.clone()));
-        workers.spawn(sweeper::run(pool.clone(), config.sweep_interval, config.sweep_grace, shutdown.clone()));
         workers.close();
         tracing::info!(address = %config.http_addr, prefix = %broker.topology().prefix, "order-timeout running");
 

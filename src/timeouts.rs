@@ -2,9 +2,12 @@
 //!
 //! Deliveries that are ready together are handled as one batch: one conditional
 //! `UPDATE … WHERE id = ANY($1)` per kind (still pending and due in database time), then
-//! each delivery is acked, re-armed (it came early), retried (the database failed) or
-//! stored as failed (it is not a timer we know). The consumer restarts on every new
-//! broker session, with its prefetch.
+//! each delivery is re-armed (it came early), retried (the database failed) or stored as
+//! failed (it is not a timer we know), and the rest are acked, with one multiple ack when
+//! the batch's turn allows ([`acks`]). The consumer restarts on every new broker session,
+//! with its prefetch.
+
+mod acks;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,9 +15,10 @@ use std::time::Instant;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use sqlx::PgPool;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -23,6 +27,8 @@ use crate::domain::{EntityKind, TimerMessage};
 use crate::retry::{Disposition, Router};
 use crate::store::sweep::{self, Fate};
 use crate::store::StoreError;
+
+use self::acks::AckLedger;
 
 /// What the consumer needs, shared by its concurrent handlers.
 #[derive(Clone)]
@@ -37,6 +43,8 @@ pub struct DueConsumer {
     pub concurrency: usize,
     /// Unacked deliveries the broker may push.
     pub prefetch: u16,
+    /// Wakes the outbox relay once cancels have put their events in the outbox.
+    pub relay_wakeup: Arc<Notify>,
 }
 
 impl DueConsumer {
@@ -76,15 +84,22 @@ impl DueConsumer {
             )
             .await?;
         tracing::info!(queue = %self.broker.topology().due_queue, prefetch = self.prefetch, "due consumer started");
+        // A batch takes at most its share of the prefetch window, so while one batch
+        // waits for its commit the others are already being handled (their commits share
+        // WAL flushes) and the broker refills the window as each one is acked. One batch
+        // as large as the window would leave the window empty during every commit.
+        let batch_size = usize::from(self.prefetch).div_ceil(self.concurrency.max(1));
+        let ledger = &AckLedger::new(channel.clone());
         consumer
             .take_until(shutdown.cancelled())
-            .ready_chunks(usize::from(self.prefetch))
+            .ready_chunks(batch_size)
+            .inspect(|batch| ledger.received(batch.iter().filter_map(|result| result.as_ref().ok())))
             .for_each_concurrent(self.concurrency, |batch| async move {
                 let deliveries: Vec<Delivery> = batch
                     .into_iter()
                     .filter_map(|result| result.map_err(|e| tracing::warn!(error = %e, "delivery error")).ok())
                     .collect();
-                self.handle_batch(deliveries).await;
+                self.handle_batch(deliveries, ledger).await;
             })
             .await;
         if shutdown.is_cancelled() {
@@ -94,77 +109,92 @@ impl DueConsumer {
         Ok(())
     }
 
-    /// Handles deliveries that arrived together.
-    pub async fn handle_batch(&self, deliveries: Vec<Delivery>) {
+    /// Handles deliveries that arrived together: one conditional UPDATE per kind, then
+    /// every delivery that needs another home is routed, and the rest acked together.
+    async fn handle_batch(&self, deliveries: Vec<Delivery>, ledger: &AckLedger) {
         let started = Instant::now();
         let mut by_kind: HashMap<EntityKind, Vec<(Uuid, Delivery)>> = HashMap::new();
+        let mut routes = Vec::new();
         for delivery in deliveries {
             match serde_json::from_slice::<TimerMessage>(&delivery.data) {
                 Ok(timer) => by_kind.entry(timer.kind).or_default().push((timer.id, delivery)),
-                Err(error) => {
-                    let reason = format!("not a timer message: {error}");
-                    self.router.dispose(delivery, Disposition::Permanent(reason)).await;
-                }
+                Err(error) => routes.push((delivery, Disposition::Permanent(format!("not a timer message: {error}")))),
             }
         }
+        let mut done = Vec::new();
         for (kind, batch) in by_kind {
             let ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
             match sweep::cancel_due(&self.pool, kind, &ids).await {
-                Ok(fates) => self.settle(kind, batch, &fates).await,
-                Err(error) => self.fail_all(batch, &error).await,
+                Ok(fates) => {
+                    if fates.values().any(|fate| *fate == Fate::Cancelled) {
+                        self.relay_wakeup.notify_one();
+                    }
+                    sort(kind, batch, &fates, &mut done, &mut routes);
+                }
+                Err(error) => routes.extend(failed(batch, &error)),
             }
         }
+        // Routed deliveries are acked by the router; that must happen before a multiple
+        // ack covers their tags.
+        let routed: Vec<u64> = routes.iter().map(|(delivery, _)| delivery.delivery_tag).collect();
+        let routing = routes.into_iter().map(|(delivery, disposition)| self.router.dispose(delivery, disposition));
+        futures_util::future::join_all(routing).await;
+        ledger.settle(&done, &routed).await;
         metrics::histogram!("order_timeout_handler_seconds").record(started.elapsed().as_secs_f64());
     }
+}
 
-    async fn settle(&self, kind: EntityKind, batch: Vec<(Uuid, Delivery)>, fates: &HashMap<Uuid, Fate>) {
-        for (id, delivery) in batch {
-            let fate = fates.get(&id).copied().unwrap_or(Fate::NotFound);
-            let outcome = match fate {
-                Fate::Cancelled => {
-                    tracing::info!(entity_id = %id, kind = kind.as_str(), reason = kind.timeout_reason(), "cancelled at its deadline");
-                    metrics::counter!("order_timeout_cancelled_total", "kind" => kind.as_str(), "reason" => kind.timeout_reason()).increment(1);
-                    ack(&delivery, id).await;
-                    "cancelled"
-                }
-                Fate::AlreadyFinal => {
-                    tracing::debug!(entity_id = %id, kind = kind.as_str(), "already settled, timer ignored");
-                    ack(&delivery, id).await;
-                    "noop"
-                }
-                Fate::NotYetDue(ms_left) => {
-                    self.router.dispose(delivery, Disposition::Rearm(ms_left)).await;
-                    "rearmed"
-                }
-                Fate::NotFound => {
-                    let reason = format!("no {} with id {id}", kind.as_str());
-                    self.router.dispose(delivery, Disposition::Permanent(reason)).await;
-                    "failed"
-                }
-            };
-            metrics::counter!("order_timeout_deliveries_total", "outcome" => outcome).increment(1);
-        }
+/// Sorts a kind's deliveries by what their cancel found: cancelled or already settled
+/// ones are `done` (to be acked), early or unknown ones get a route.
+fn sort(
+    kind: EntityKind,
+    batch: Vec<(Uuid, Delivery)>,
+    fates: &HashMap<Uuid, Fate>,
+    done: &mut Vec<Delivery>,
+    routes: &mut Vec<(Delivery, Disposition)>,
+) {
+    for (id, delivery) in batch {
+        let fate = fates.get(&id).copied().unwrap_or(Fate::NotFound);
+        let outcome = match fate {
+            Fate::Cancelled => {
+                tracing::info!(entity_id = %id, kind = kind.as_str(), reason = kind.timeout_reason(), "cancelled at its deadline");
+                done.push(delivery);
+                "cancelled"
+            }
+            Fate::AlreadyFinal => {
+                tracing::debug!(entity_id = %id, kind = kind.as_str(), "already settled, timer ignored");
+                done.push(delivery);
+                "noop"
+            }
+            Fate::NotYetDue(ms_left) => {
+                routes.push((delivery, Disposition::Rearm(ms_left)));
+                "rearmed"
+            }
+            Fate::NotFound => {
+                routes.push((delivery, Disposition::Permanent(format!("no {} with id {id}", kind.as_str()))));
+                "failed"
+            }
+        };
+        metrics::counter!("order_timeout_deliveries_total", "outcome" => outcome).increment(1);
     }
+    let cancelled = fates.values().filter(|fate| **fate == Fate::Cancelled).count() as u64;
+    metrics::counter!("order_timeout_cancelled_total", "kind" => kind.as_str(), "reason" => kind.timeout_reason()).increment(cancelled);
+}
 
-    /// Routes every delivery of a failed batch at once, so a slow failure path (the
-    /// database is down, each store attempt waits for its timeout) does not serialise.
-    async fn fail_all(&self, batch: Vec<(Uuid, Delivery)>, error: &StoreError) {
-        let routes = batch.into_iter().map(|(id, delivery)| async move {
+/// Routes for every delivery of a batch whose cancel failed: retry tiers for a transient
+/// error, the failed-message store for a permanent one. They are routed all at once, so
+/// a slow failure path (each store attempt waiting for its timeout) does not serialise.
+fn failed(batch: Vec<(Uuid, Delivery)>, error: &StoreError) -> Vec<(Delivery, Disposition)> {
+    batch
+        .into_iter()
+        .map(|(id, delivery)| {
             tracing::warn!(entity_id = %id, %error, class = error.class().as_str(), "cancel failed");
+            metrics::counter!("order_timeout_deliveries_total", "outcome" => "error").increment(1);
             let disposition = match error.class() {
                 crate::store::ErrorClass::Transient => Disposition::Transient(error.to_string()),
                 crate::store::ErrorClass::Permanent => Disposition::Permanent(error.to_string()),
             };
-            self.router.dispose(delivery, disposition).await;
-            metrics::counter!("order_timeout_deliveries_total", "outcome" => "error").increment(1);
-        });
-        futures_util::future::join_all(routes).await;
-    }
-}
-
-async fn ack(delivery: &Delivery, id: Uuid) {
-    if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
-        // The channel died: the broker redelivers, and handling is idempotent.
-        tracing::warn!(entity_id = %id, %error, "ack failed, message will be redelivered");
-    }
+            (delivery, disposition)
+        })
+        .collect()
 }

@@ -116,20 +116,19 @@ impl Broker {
 
     async fn publish_confirmed(&self, messages: &[Outgoing<'_>]) -> Result<(), PublishError> {
         let session = self.current()?;
-        let mut confirms = Vec::with_capacity(messages.len());
-        for message in messages {
-            let confirm = session
-                .publisher
-                .basic_publish(
-                    message.exchange.into(),
-                    message.routing_key.into(),
-                    BasicPublishOptions { mandatory: message.mandatory, ..Default::default() },
-                    message.body,
-                    message.properties.clone(),
-                )
-                .await?;
-            confirms.push(confirm);
-        }
+        // Every publish is handed to lapin before any is awaited: awaiting each in turn
+        // would cost a round trip to lapin's I/O thread (and a write) per message. The
+        // futures are first polled in order, so the messages keep their order.
+        let publishes = messages.iter().map(|message| {
+            session.publisher.basic_publish(
+                message.exchange.into(),
+                message.routing_key.into(),
+                BasicPublishOptions { mandatory: message.mandatory, ..Default::default() },
+                message.body,
+                message.properties.clone(),
+            )
+        });
+        let confirms = futures_util::future::try_join_all(publishes).await?;
         for confirm in confirms {
             match confirm.await? {
                 Confirmation::Ack(None) => {}

@@ -11,9 +11,6 @@ use uuid::Uuid;
 use super::StoreError;
 use crate::domain::{EntityKind, TimerMessage};
 
-/// The channel the insert trigger notifies; the relays LISTEN on it.
-pub const NOTIFY_CHANNEL: &str = "outbox";
-
 /// What a row asks the relay to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Topic {
