@@ -2,6 +2,7 @@
 //! and conditional state transitions that emit their event in the same transaction.
 
 use std::future::Future;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -57,10 +58,11 @@ impl Entity for Waybill {
 pub trait NewEntity: Sync {
     /// What the insert produces.
     type Entity: Entity;
-    /// Inserts the row with `id`, pending, its deadline `timeout` after the database's now.
+    /// Inserts the row with `id`, pending, its deadline `timeout` after the database's
+    /// now, with its timer and its `created` event in the outbox: one statement.
     fn insert<'c>(
         &'c self,
-        tx: &'c mut PgConnection,
+        conn: &'c mut PgConnection,
         id: Uuid,
         timeout: Duration,
     ) -> impl Future<Output = Result<Self::Entity, StoreError>> + Send + 'c;
@@ -68,39 +70,55 @@ pub trait NewEntity: Sync {
 
 impl NewEntity for NewOrder {
     type Entity = Order;
-    async fn insert(&self, tx: &mut PgConnection, id: Uuid, timeout: Duration) -> Result<Order, StoreError> {
+    async fn insert(&self, conn: &mut PgConnection, id: Uuid, timeout: Duration) -> Result<Order, StoreError> {
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            outbox::with_outbox(
+                EntityKind::Order,
+                "insert into orders (id, customer_id, amount_cents, currency, items, expires_at)
+                 values ($1, $2, $3, $4, $5, now() + $6::bigint * interval '1 millisecond')
+                 returning *",
+                "order.created",
+                Some(7),
+                "*",
+            )
+        });
         let items = self.items.as_ref().map(|items| sqlx::types::Json(items.lines().to_vec()));
-        Ok(sqlx::query_as(
-            "insert into orders (id, customer_id, amount_cents, currency, items, expires_at)
-             values ($1, $2, $3, $4, $5, now() + $6::bigint * interval '1 millisecond')
-             returning *",
-        )
-        .bind(id)
-        .bind(self.customer_id.as_str())
-        .bind(self.amount_cents.cents())
-        .bind(self.currency.as_str())
-        .bind(items)
-        .bind(timeout.as_millis() as i64)
-        .fetch_one(tx)
-        .await?)
+        Ok(sqlx::query_as(AssertSqlSafe(SQL.as_str()))
+            .bind(id)
+            .bind(self.customer_id.as_str())
+            .bind(self.amount_cents.cents())
+            .bind(self.currency.as_str())
+            .bind(items)
+            .bind(timeout.as_millis() as i64)
+            .bind(outbox::timer_bucket(EntityKind::Order, timeout))
+            .fetch_one(conn)
+            .await?)
     }
 }
 
 impl NewEntity for NewWaybill {
     type Entity = Waybill;
-    async fn insert(&self, tx: &mut PgConnection, id: Uuid, timeout: Duration) -> Result<Waybill, StoreError> {
-        Ok(sqlx::query_as(
-            "insert into waybills (id, order_id, origin, destination, expires_at)
-             values ($1, $2, $3, $4, now() + $5::bigint * interval '1 millisecond')
-             returning *",
-        )
-        .bind(id)
-        .bind(self.order_id)
-        .bind(self.origin.as_str())
-        .bind(self.destination.as_str())
-        .bind(timeout.as_millis() as i64)
-        .fetch_one(tx)
-        .await?)
+    async fn insert(&self, conn: &mut PgConnection, id: Uuid, timeout: Duration) -> Result<Waybill, StoreError> {
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            outbox::with_outbox(
+                EntityKind::Waybill,
+                "insert into waybills (id, order_id, origin, destination, expires_at)
+                 values ($1, $2, $3, $4, now() + $5::bigint * interval '1 millisecond')
+                 returning *",
+                "waybill.created",
+                Some(6),
+                "*",
+            )
+        });
+        Ok(sqlx::query_as(AssertSqlSafe(SQL.as_str()))
+            .bind(id)
+            .bind(self.order_id)
+            .bind(self.origin.as_str())
+            .bind(self.destination.as_str())
+            .bind(timeout.as_millis() as i64)
+            .bind(outbox::timer_bucket(EntityKind::Waybill, timeout))
+            .fetch_one(conn)
+            .await?)
     }
 }
 
@@ -130,41 +148,31 @@ pub struct Created<T> {
     pub replayed: bool,
 }
 
-/// Creates an entity, its timer and its `created` event in one transaction.
+/// Creates an entity, its timer and its `created` event: one statement, or one
+/// transaction with the idempotency key's claim.
 pub async fn create<N: NewEntity>(
     pool: &PgPool,
     new: &N,
     timeout: Duration,
     key: Option<&IdempotencyKey>,
 ) -> Result<Created<N::Entity>, CreateError> {
-    let kind = <N::Entity as Entity>::KIND;
     let id = Uuid::now_v7();
+    let Some(key) = key else {
+        let entity = new.insert(&mut *pool.acquire().await?, id, timeout).await?;
+        return Ok(Created { entity, replayed: false });
+    };
     let mut tx = pool.begin().await?;
-    if let Some(key) = key {
-        match idempotency::claim(&mut tx, key, id).await? {
-            Claim::Fresh => {}
-            Claim::Reused => return Err(CreateError::KeyReused),
-            Claim::Replay(existing) => {
-                let entity = fetch::<N::Entity>(&mut tx, existing).await?.ok_or(sqlx::Error::RowNotFound)?;
-                return Ok(Created { entity, replayed: true });
-            }
+    match idempotency::claim(&mut tx, key, id).await? {
+        Claim::Fresh => {}
+        Claim::Reused => return Err(CreateError::KeyReused),
+        Claim::Replay(existing) => {
+            let entity = fetch::<N::Entity>(&mut tx, existing).await?.ok_or(sqlx::Error::RowNotFound)?;
+            return Ok(Created { entity, replayed: true });
         }
     }
     let entity = new.insert(&mut tx, id, timeout).await?;
-    let rows = [
-        NewRow::timer(kind, id, timeout, entity.expires_at()),
-        NewRow::event(created_event(kind), id, &entity),
-    ];
-    outbox::enqueue(&mut tx, &rows).await?;
     tx.commit().await?;
     Ok(Created { entity, replayed: false })
-}
-
-fn created_event(kind: EntityKind) -> &'static str {
-    match kind {
-        EntityKind::Order => "order.created",
-        EntityKind::Waybill => "waybill.created",
-    }
 }
 
 /// Reads one entity.

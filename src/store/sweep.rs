@@ -1,14 +1,14 @@
 //! Cancelling entities whose deadline passed: by id for the due-queue consumer, by
-//! scanning for the sweeper. Both emit the `cancelled` event in the same transaction.
+//! scanning for the sweeper. Both emit the `cancelled` event in the same statement.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use sqlx::{AssertSqlSafe, PgConnection, PgPool};
+use sqlx::{AssertSqlSafe, PgPool};
 use uuid::Uuid;
 
 use super::entities::Entity;
-use super::outbox::{self, NewRow};
+use super::outbox;
 use super::StoreError;
 use crate::domain::{EntityKind, Order, Waybill};
 
@@ -26,7 +26,10 @@ pub enum Fate {
 }
 
 /// Cancels every listed entity of `kind` that is pending and due in database time, and
-/// tells for each id what happened. One transaction, one UPDATE.
+/// tells for each id what happened. One statement cancels and writes the `cancelled`
+/// events; the ids it did not cancel are looked up afterwards (rarely: a paid order, an
+/// early or a duplicate timer), which a concurrent change cannot make wrong: a row paid
+/// meanwhile is settled, a row that fell due meanwhile is re-armed for a millisecond.
 pub async fn cancel_due(pool: &PgPool, kind: EntityKind, ids: &[Uuid]) -> Result<HashMap<Uuid, Fate>, StoreError> {
     match kind {
         EntityKind::Order => cancel_due_of::<Order>(pool, ids).await,
@@ -35,19 +38,14 @@ pub async fn cancel_due(pool: &PgPool, kind: EntityKind, ids: &[Uuid]) -> Result
 }
 
 async fn cancel_due_of<T: Entity>(pool: &PgPool, ids: &[Uuid]) -> Result<HashMap<Uuid, Fate>, StoreError> {
-    let mut tx = pool.begin().await?;
     let update = format!(
         "update {} set status = 'cancelled', cancelled_at = now(), cancel_reason = $2
          where id = any($1) and status = 'pending' and expires_at <= now() returning *",
         T::TABLE
     );
-    let cancelled: Vec<T> = sqlx::query_as(AssertSqlSafe(update))
-        .bind(ids)
-        .bind(T::KIND.timeout_reason())
-        .fetch_all(&mut *tx)
-        .await?;
-    emit_cancelled(&mut tx, &cancelled).await?;
-    let mut fates: HashMap<Uuid, Fate> = cancelled.iter().map(|e| (e.id(), Fate::Cancelled)).collect();
+    let sql = outbox::with_outbox(T::KIND, &update, T::KIND.cancelled_event(), None, "id");
+    let cancelled: Vec<Uuid> = sqlx::query_scalar(AssertSqlSafe(sql)).bind(ids).bind(T::KIND.timeout_reason()).fetch_all(pool).await?;
+    let mut fates: HashMap<Uuid, Fate> = cancelled.into_iter().map(|id| (id, Fate::Cancelled)).collect();
     let rest: Vec<Uuid> = ids.iter().copied().filter(|id| !fates.contains_key(id)).collect();
     if !rest.is_empty() {
         let lookup = format!(
@@ -56,7 +54,7 @@ async fn cancel_due_of<T: Entity>(pool: &PgPool, ids: &[Uuid]) -> Result<HashMap
              from {} where id = any($1)",
             T::TABLE
         );
-        let found: Vec<(Uuid, bool, i64)> = sqlx::query_as(AssertSqlSafe(lookup)).bind(&rest).fetch_all(&mut *tx).await?;
+        let found: Vec<(Uuid, bool, i64)> = sqlx::query_as(AssertSqlSafe(lookup)).bind(&rest).fetch_all(pool).await?;
         for (id, pending, ms_left) in found {
             let fate = if pending { Fate::NotYetDue(ms_left as u64) } else { Fate::AlreadyFinal };
             fates.insert(id, fate);
@@ -65,14 +63,7 @@ async fn cancel_due_of<T: Entity>(pool: &PgPool, ids: &[Uuid]) -> Result<HashMap
             fates.entry(id).or_insert(Fate::NotFound);
         }
     }
-    tx.commit().await?;
     Ok(fates)
-}
-
-async fn emit_cancelled<T: Entity>(tx: &mut PgConnection, cancelled: &[T]) -> Result<(), StoreError> {
-    let events: Vec<NewRow> =
-        cancelled.iter().map(|e| NewRow::event(T::KIND.cancelled_event(), e.id(), e)).collect();
-    outbox::enqueue(tx, &events).await
 }
 
 /// Cancels up to `limit` pending entities of `kind` overdue by more than `grace`: the
@@ -85,7 +76,6 @@ pub async fn sweep_overdue(pool: &PgPool, kind: EntityKind, grace: Duration, lim
 }
 
 async fn sweep_overdue_of<T: Entity>(pool: &PgPool, grace: Duration, limit: i64) -> Result<Vec<Uuid>, StoreError> {
-    let mut tx = pool.begin().await?;
     let update = format!(
         "update {table} t set status = 'cancelled', cancelled_at = now(), cancel_reason = $2
          from (select id from {table}
@@ -94,13 +84,11 @@ async fn sweep_overdue_of<T: Entity>(pool: &PgPool, grace: Duration, limit: i64)
          where t.id = overdue.id returning t.*",
         table = T::TABLE
     );
-    let cancelled: Vec<T> = sqlx::query_as(AssertSqlSafe(update))
+    let sql = outbox::with_outbox(T::KIND, &update, T::KIND.cancelled_event(), None, "id");
+    Ok(sqlx::query_scalar(AssertSqlSafe(sql))
         .bind(grace.as_millis() as i64)
         .bind(T::KIND.timeout_reason())
         .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?;
-    emit_cancelled(&mut tx, &cancelled).await?;
-    tx.commit().await?;
-    Ok(cancelled.iter().map(Entity::id).collect())
+        .fetch_all(pool)
+        .await?)
 }
