@@ -49,8 +49,15 @@ impl Alerter {
     }
 }
 
-async fn deliver(mut receiver: mpsc::Receiver<Alert>, webhook: Option<String>, shutdown: CancellationToken) {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().ok();
+async fn deliver(
+    mut receiver: mpsc::Receiver<Alert>,
+    webhook: Option<String>,
+    shutdown: CancellationToken,
+) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .ok();
     let mut last_post: Option<tokio::time::Instant> = None;
     loop {
         let first = tokio::select! {
@@ -58,7 +65,9 @@ async fn deliver(mut receiver: mpsc::Receiver<Alert>, webhook: Option<String>, s
             alert = receiver.recv() => match alert { Some(alert) => alert, None => return },
         };
         let window = match last_post {
-            Some(at) => (at + MIN_INTERVAL).saturating_duration_since(tokio::time::Instant::now()).max(BURST_WINDOW),
+            Some(at) => (at + MIN_INTERVAL)
+                .saturating_duration_since(tokio::time::Instant::now())
+                .max(BURST_WINDOW),
             None => BURST_WINDOW,
         };
         let mut burst = vec![first];
@@ -76,7 +85,9 @@ async fn deliver(mut receiver: mpsc::Receiver<Alert>, webhook: Option<String>, s
             let body = serde_json::json!({"msgtype": "text", "text": {"content": text}});
             match client.post(url).json(&body).send().await {
                 Ok(response) if response.status().is_success() => {}
-                Ok(response) => tracing::warn!(status = %response.status(), "alert webhook refused the alert"),
+                Ok(response) => {
+                    tracing::warn!(status = %response.status(), "alert webhook refused the alert")
+                }
                 Err(error) => tracing::warn!(%error, "alert webhook unreachable"),
             }
         }
@@ -89,8 +100,19 @@ pub fn summary(burst: &[Alert]) -> String {
     let mut queues: Vec<&str> = burst.iter().map(|a| a.queue.as_str()).collect();
     queues.sort_unstable();
     queues.dedup();
-    let describe = |a: &Alert| format!("message {} on {}: {}", a.message_id.as_deref().unwrap_or("?"), a.queue, a.error);
-    let mut text = format!("[order-timeout] {} message(s) failed for good on {}.", burst.len(), queues.join(", "));
+    let describe = |a: &Alert| {
+        format!(
+            "message {} on {}: {}",
+            a.message_id.as_deref().unwrap_or("?"),
+            a.queue,
+            a.error
+        )
+    };
+    let mut text = format!(
+        "[order-timeout] {} message(s) failed for good on {}.",
+        burst.len(),
+        queues.join(", ")
+    );
     if let Some(first) = burst.first() {
         text.push_str(&format!("\nFirst: {}", describe(first)));
     }
@@ -109,7 +131,11 @@ mod tests {
 
     #[test]
     fn a_burst_is_summarised_with_its_count() {
-        let alert = |id: &str| Alert { queue: "p.due".into(), message_id: Some(id.into()), error: "boom".into() };
+        let alert = |id: &str| Alert {
+            queue: "p.due".into(),
+            message_id: Some(id.into()),
+            error: "boom".into(),
+        };
         let text = summary(&[alert("a"), alert("b"), alert("c")]);
         assert!(text.contains("3 message(s)"), "{text}");
         assert!(text.contains("First: message a"), "{text}");

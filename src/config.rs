@@ -12,11 +12,19 @@ use clap::{Args, ValueEnum};
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// PostgreSQL holding orders, waybills, the outbox and failed messages; created if missing.
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/order_timeout")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/order_timeout"
+    )]
     pub database_url: String,
 
     /// RabbitMQ holding the timers.
-    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
     pub amqp_url: String,
 
     /// Address the HTTP API listens on (port 0 picks a free one).
@@ -115,7 +123,7 @@ pub enum LogFormat {
 impl Config {
     /// The settings of `serve` with every default, as if no flag or variable were given.
     pub fn defaults() -> Self {
-        use clap::{FromArgMatches, Command};
+        use clap::{Command, FromArgMatches};
         let matches = Config::augment_args(Command::new("defaults"))
             .ignore_errors(true)
             .get_matches_from(["defaults"]);
@@ -148,7 +156,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 fn parse_prefix(text: &str) -> Result<String, String> {
     let valid = !text.is_empty()
         && text.len() <= 100
-        && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
     if valid {
         Ok(text.to_owned())
     } else {

@@ -22,7 +22,11 @@ enum Command {
     /// Create the database if missing and apply the migrations, then exit.
     Migrate {
         /// The database to migrate.
-        #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/order_timeout")]
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/order_timeout"
+        )]
         database_url: String,
     },
     /// Measure throughput, cancel lateness, a burst of deadlines and memory on this

@@ -9,15 +9,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::types::{FieldTable, ShortString};
 use lapin::BasicProperties;
+use lapin::types::{FieldTable, ShortString};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, Outgoing, PublishError, PERSISTENT};
-use crate::store::outbox::{self, Pending};
+use crate::broker::{Broker, Outgoing, PERSISTENT, PublishError};
 use crate::store::StoreError;
+use crate::store::outbox::{self, Pending};
 
 /// Rows published per transaction.
 const BATCH: i64 = 500;
@@ -92,7 +92,8 @@ pub async fn relay_batch(pool: &PgPool, broker: &Broker) -> Result<usize, RelayE
     outbox::mark_published(&mut tx, &ids).await?;
     tx.commit().await?;
     for row in &rows {
-        metrics::counter!("order_timeout_outbox_published_total", "topic" => row.topic.clone()).increment(1);
+        metrics::counter!("order_timeout_outbox_published_total", "topic" => row.topic.clone())
+            .increment(1);
         tracing::debug!(entity_id = %row.entity_id, topic = %row.topic, key = %row.routing_key, "published");
     }
     Ok(rows.len())
@@ -129,7 +130,9 @@ fn plan(broker: &Broker, row: &Pending) -> Plan {
         .with_timestamp(chrono::Utc::now().timestamp() as u64);
     if row.topic == "timer" {
         let ms_left = row.ms_left.unwrap_or(0).max(0);
-        let properties = base.with_message_id(row.entity_id.to_string().into()).with_headers(FieldTable::default());
+        let properties = base
+            .with_message_id(row.entity_id.to_string().into())
+            .with_headers(FieldTable::default());
         if ms_left == 0 {
             // Already due (published late, after an outage): straight to the due queue
             // instead of waiting behind younger timers in the cache bucket.

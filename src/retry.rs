@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
+use lapin::BasicProperties;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::BasicProperties;
 use sqlx::PgPool;
 
 use crate::alert::{Alert, Alerter};
@@ -50,15 +50,29 @@ impl Router {
         let homed = match disposition {
             Disposition::Rearm(ms_left) => self.rearm(&delivery, ms_left).await,
             Disposition::Transient(error) => {
-                let attempts = headers::integer(delivery.properties.headers().as_ref(), RETRY_COUNT).unwrap_or(0).max(0) as usize;
-                match self.broker.topology().retry_delays_ms.get(attempts).copied() {
+                let attempts = headers::integer(delivery.properties.headers().as_ref(), RETRY_COUNT)
+                    .unwrap_or(0)
+                    .max(0) as usize;
+                match self
+                    .broker
+                    .topology()
+                    .retry_delays_ms
+                    .get(attempts)
+                    .copied()
+                {
                     Some(delay_ms) => self.retry(&delivery, attempts, delay_ms, &error).await,
-                    None => self.fail(&delivery, &error, "transient", attempts + 1).await,
+                    None => {
+                        self.fail(&delivery, &error, "transient", attempts + 1)
+                            .await
+                    }
                 }
             }
             Disposition::Permanent(error) => {
-                let attempts = headers::integer(delivery.properties.headers().as_ref(), RETRY_COUNT).unwrap_or(0).max(0) as usize;
-                self.fail(&delivery, &error, "permanent", attempts + 1).await
+                let attempts = headers::integer(delivery.properties.headers().as_ref(), RETRY_COUNT)
+                    .unwrap_or(0)
+                    .max(0) as usize;
+                self.fail(&delivery, &error, "permanent", attempts + 1)
+                    .await
             }
         };
         if homed {
@@ -67,7 +81,10 @@ impl Router {
             }
         } else {
             tokio::time::sleep(NO_HOME_PAUSE).await;
-            let requeue = BasicNackOptions { requeue: true, ..Default::default() };
+            let requeue = BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            };
             if let Err(error) = delivery.nack(requeue).await {
                 tracing::warn!(message_id = %id, %error, "nack failed; the broker redelivers on reconnect");
             }
@@ -79,23 +96,46 @@ impl Router {
         let topology = self.broker.topology();
         let level = topology.level_for(ms_left);
         let queue = topology.level_queue(level);
-        let properties = republished(&delivery.properties, delivery.properties.headers().clone().unwrap_or_default());
-        let published = self.publish_to_queue(&queue, &delivery.data, properties).await;
+        let properties = republished(
+            &delivery.properties,
+            delivery.properties.headers().clone().unwrap_or_default(),
+        );
+        let published = self
+            .publish_to_queue(&queue, &delivery.data, properties)
+            .await;
         if published {
             tracing::info!(message_id = %message_id(delivery), ms_left, level, "early timer re-armed");
         }
         published
     }
 
-    async fn retry(&self, delivery: &Delivery, attempts: usize, delay_ms: u64, error: &str) -> bool {
+    async fn retry(
+        &self,
+        delivery: &Delivery,
+        attempts: usize,
+        delay_ms: u64,
+        error: &str,
+    ) -> bool {
         let queue = self.broker.topology().retry_queue(delay_ms);
         let mut table = delivery.properties.headers().clone().unwrap_or_default();
-        table.insert(RETRY_COUNT.into(), AMQPValue::LongLongInt(attempts as i64 + 1));
+        table.insert(
+            RETRY_COUNT.into(),
+            AMQPValue::LongLongInt(attempts as i64 + 1),
+        );
         table.insert(LAST_ERROR.into(), headers::long_string(&truncate(error)));
         if headers::integer(Some(&table), FIRST_FAILED_AT).is_none() {
-            table.insert(FIRST_FAILED_AT.into(), AMQPValue::LongLongInt(chrono::Utc::now().timestamp_millis()));
+            table.insert(
+                FIRST_FAILED_AT.into(),
+                AMQPValue::LongLongInt(chrono::Utc::now().timestamp_millis()),
+            );
         }
-        let published = self.publish_to_queue(&queue, &delivery.data, republished(&delivery.properties, table)).await;
+        let published = self
+            .publish_to_queue(
+                &queue,
+                &delivery.data,
+                republished(&delivery.properties, table),
+            )
+            .await;
         if published {
             let tier = (attempts + 1).to_string();
             metrics::counter!("order_timeout_retries_total", "tier" => tier).increment(1);
@@ -105,7 +145,13 @@ impl Router {
     }
 
     /// Stores the delivery in `failed_messages` and alerts; parks it when the store is down.
-    async fn fail(&self, delivery: &Delivery, error: &str, class: &'static str, attempts: usize) -> bool {
+    async fn fail(
+        &self,
+        delivery: &Delivery,
+        error: &str,
+        class: &'static str,
+        attempts: usize,
+    ) -> bool {
         let table = delivery.properties.headers().clone().unwrap_or_default();
         let first_failed_at = headers::integer(Some(&table), FIRST_FAILED_AT)
             .and_then(chrono::DateTime::from_timestamp_millis);
@@ -115,7 +161,11 @@ impl Router {
             routing_key: delivery.routing_key.to_string(),
             headers: headers::to_json(&table),
             body: delivery.data.clone(),
-            message_id: delivery.properties.message_id().as_ref().map(|id| id.to_string()),
+            message_id: delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.to_string()),
             error: truncate(error),
             error_class: class,
             attempts: attempts as i32,
@@ -123,34 +173,72 @@ impl Router {
         };
         match failed::insert(&self.pool, &failure).await {
             Ok(id) => {
-                metrics::counter!("order_timeout_failed_messages_total", "class" => class).increment(1);
+                metrics::counter!("order_timeout_failed_messages_total", "class" => class)
+                    .increment(1);
                 tracing::error!(failed_message_id = %id, message_id = ?failure.message_id, class, attempts, error, "message failed for good, stored for an operator");
-                self.alerter.send(Alert { queue: failure.queue, message_id: failure.message_id, error: failure.error });
+                self.alerter.send(Alert {
+                    queue: failure.queue,
+                    message_id: failure.message_id,
+                    error: failure.error,
+                });
                 true
             }
-            Err(store_error) => self.park(delivery, table, error, &store_error.to_string()).await,
+            Err(store_error) => {
+                self.park(delivery, table, error, &store_error.to_string())
+                    .await
+            }
         }
     }
 
-    async fn park(&self, delivery: &Delivery, mut table: FieldTable, error: &str, store_error: &str) -> bool {
+    async fn park(
+        &self,
+        delivery: &Delivery,
+        mut table: FieldTable,
+        error: &str,
+        store_error: &str,
+    ) -> bool {
         let topology = self.broker.topology();
         table.insert(LAST_ERROR.into(), headers::long_string(&truncate(error)));
-        table.insert(PARKED_FROM.into(), headers::long_string(&topology.due_queue));
-        let published = self.publish_to_queue(&topology.parking_queue, &delivery.data, republished(&delivery.properties, table)).await;
+        table.insert(
+            PARKED_FROM.into(),
+            headers::long_string(&topology.due_queue),
+        );
+        let published = self
+            .publish_to_queue(
+                &topology.parking_queue,
+                &delivery.data,
+                republished(&delivery.properties, table),
+            )
+            .await;
         if published {
             metrics::counter!("order_timeout_parked_total").increment(1);
             tracing::error!(message_id = %message_id(delivery), error, store_error, "failed-message store unreachable, message parked");
             self.alerter.send(Alert {
                 queue: topology.parking_queue.clone(),
-                message_id: delivery.properties.message_id().as_ref().map(|id| id.to_string()),
+                message_id: delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|id| id.to_string()),
                 error: format!("parked: {error}"),
             });
         }
         published
     }
 
-    async fn publish_to_queue(&self, queue: &str, body: &[u8], properties: BasicProperties) -> bool {
-        let message = Outgoing { exchange: "", routing_key: queue, body, properties, mandatory: true };
+    async fn publish_to_queue(
+        &self,
+        queue: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> bool {
+        let message = Outgoing {
+            exchange: "",
+            routing_key: queue,
+            body,
+            properties,
+            mandatory: true,
+        };
         match self.broker.publish(&[message]).await {
             Ok(()) => true,
             Err(error) => {
@@ -163,7 +251,9 @@ impl Router {
 
 /// Properties for a republished copy: persistent, same id and type, no expiration.
 pub fn republished(original: &BasicProperties, headers: FieldTable) -> BasicProperties {
-    let mut properties = BasicProperties::default().with_delivery_mode(PERSISTENT).with_headers(headers);
+    let mut properties = BasicProperties::default()
+        .with_delivery_mode(PERSISTENT)
+        .with_headers(headers);
     if let Some(id) = original.message_id() {
         properties = properties.with_message_id(id.clone());
     }
@@ -177,7 +267,12 @@ pub fn republished(original: &BasicProperties, headers: FieldTable) -> BasicProp
 }
 
 fn message_id(delivery: &Delivery) -> String {
-    delivery.properties.message_id().as_ref().map(|id| id.to_string()).unwrap_or_default()
+    delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.to_string())
+        .unwrap_or_default()
 }
 
 /// Headers are bounded; an error text is cut to a readable length.

@@ -46,11 +46,23 @@ impl Application {
             lock_timeout: config.database_lock_timeout,
             statement_timeout: config.database_statement_timeout,
         };
-        let pool = store::connect(&config.database_url, settings).await.context("connecting to PostgreSQL")?;
-        store::migrate(&pool).await.context("migrating the database")?;
-        let listener = TcpListener::bind(config.http_addr).await.with_context(|| format!("binding {}", config.http_addr))?;
+        let pool = store::connect(&config.database_url, settings)
+            .await
+            .context("connecting to PostgreSQL")?;
+        store::migrate(&pool)
+            .await
+            .context("migrating the database")?;
+        let listener = TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("binding {}", config.http_addr))?;
         let broker = Broker::new(topology_of(&config));
-        Ok(Self { config: Arc::new(config), listener, pool, broker, shutdown: CancellationToken::new() })
+        Ok(Self {
+            config: Arc::new(config),
+            listener,
+            pool,
+            broker,
+            shutdown: CancellationToken::new(),
+        })
     }
 
     /// The address the API listens on.
@@ -78,7 +90,13 @@ impl Application {
     /// then the broker connection closes. Fails if the broker stayed unreachable longer
     /// than RECONNECT_MAX.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let Self { config, listener, pool, broker, shutdown } = self;
+        let Self {
+            config,
+            listener,
+            pool,
+            broker,
+            shutdown,
+        } = self;
         let broker_stop = CancellationToken::new();
         let mut supervisor = tokio::spawn(broker::supervise(
             broker.clone(),
@@ -96,7 +114,8 @@ impl Application {
             relay_wakeup: relay_wakeup.clone(),
             metrics: telemetry::metrics_handle(),
         };
-        let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let server = axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         workers.spawn(async move {
             if let Err(error) = server.await {
                 tracing::error!(%error, "HTTP server failed");
@@ -105,14 +124,29 @@ impl Application {
         let consumer = DueConsumer {
             pool: pool.clone(),
             broker: broker.clone(),
-            router: Arc::new(Router { pool: pool.clone(), broker: broker.clone(), alerter }),
+            router: Arc::new(Router {
+                pool: pool.clone(),
+                broker: broker.clone(),
+                alerter,
+            }),
             concurrency: usize::from(config.consumer_concurrency),
             prefetch: config.prefetch,
             relay_wakeup: relay_wakeup.clone(),
         };
         workers.spawn(consumer.run(shutdown.clone()));
-        workers.spawn(sweeper::run(pool.clone(), config.sweep_interval, config.sweep_grace, relay_wakeup.clone(), shutdown.clone()));
-        workers.spawn(outbox::run(pool.clone(), broker.clone(), relay_wakeup, shutdown.clone()));
+        workers.spawn(sweeper::run(
+            pool.clone(),
+            config.sweep_interval,
+            config.sweep_grace,
+            relay_wakeup.clone(),
+            shutdown.clone(),
+        ));
+        workers.spawn(outbox::run(
+            pool.clone(),
+            broker.clone(),
+            relay_wakeup,
+            shutdown.clone(),
+        ));
         workers.close();
         tracing::info!(address = %config.http_addr, prefix = %broker.topology().prefix, "order-timeout running");
 
@@ -128,7 +162,10 @@ impl Application {
             }
         }
         tracing::info!("shutting down: finishing in-flight requests and deliveries");
-        if tokio::time::timeout(config.shutdown_timeout, workers.wait()).await.is_err() {
+        if tokio::time::timeout(config.shutdown_timeout, workers.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(timeout = ?config.shutdown_timeout, "shutdown timeout: unfinished deliveries stay unacked and will be redelivered");
         }
         broker_stop.cancel();
@@ -146,6 +183,14 @@ impl Application {
 
 /// The topology this configuration declares.
 pub fn topology_of(config: &Config) -> Topology {
-    let timeouts = [(EntityKind::Order, config.order_timeout), (EntityKind::Waybill, config.waybill_timeout)];
-    Topology::new(&config.queue_prefix, &timeouts, &config.retry_delays, config.queue_type)
+    let timeouts = [
+        (EntityKind::Order, config.order_timeout),
+        (EntityKind::Waybill, config.waybill_timeout),
+    ];
+    Topology::new(
+        &config.queue_prefix,
+        &timeouts,
+        &config.retry_delays,
+        config.queue_type,
+    )
 }

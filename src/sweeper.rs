@@ -19,7 +19,13 @@ const BATCH: i64 = 1000;
 const OUTBOX_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// Runs until `shutdown`; wakes the relay when its cancels wrote events to the outbox.
-pub async fn run(pool: PgPool, interval: Duration, grace: Duration, relay_wakeup: Arc<Notify>, shutdown: CancellationToken) {
+pub async fn run(
+    pool: PgPool,
+    interval: Duration,
+    grace: Duration,
+    relay_wakeup: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -36,7 +42,13 @@ pub async fn run(pool: PgPool, interval: Duration, grace: Duration, relay_wakeup
     }
 }
 
-async fn sweep_kind(pool: &PgPool, kind: EntityKind, grace: Duration, relay_wakeup: &Notify, shutdown: &CancellationToken) {
+async fn sweep_kind(
+    pool: &PgPool,
+    kind: EntityKind,
+    grace: Duration,
+    relay_wakeup: &Notify,
+    shutdown: &CancellationToken,
+) {
     while !shutdown.is_cancelled() {
         match sweep::sweep_overdue(pool, kind, grace, BATCH).await {
             Ok(ids) => {
@@ -47,7 +59,8 @@ async fn sweep_kind(pool: &PgPool, kind: EntityKind, grace: Duration, relay_wake
                     tracing::warn!(entity_id = %id, kind = kind.as_str(), "sweeper cancelled an overdue entity whose timer was lost or late");
                 }
                 metrics::counter!("order_timeout_cancelled_total", "kind" => kind.as_str(), "reason" => kind.timeout_reason()).increment(ids.len() as u64);
-                metrics::counter!("order_timeout_swept_total", "kind" => kind.as_str()).increment(ids.len() as u64);
+                metrics::counter!("order_timeout_swept_total", "kind" => kind.as_str())
+                    .increment(ids.len() as u64);
                 if (ids.len() as i64) < BATCH {
                     return;
                 }

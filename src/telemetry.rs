@@ -9,7 +9,8 @@ use crate::config::LogFormat;
 
 /// Installs the log subscriber; `RUST_LOG` overrides the default `info` level.
 pub fn init_logs(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -18,7 +19,9 @@ pub fn init_logs(format: LogFormat) {
 }
 
 /// Latency buckets in seconds, from 1 ms to 10 s.
-const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
 
 /// The process-wide metrics recorder, installed on first use (several applications in
 /// one test process share it).

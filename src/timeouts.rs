@@ -25,8 +25,8 @@ use uuid::Uuid;
 use crate::broker::{Broker, Session};
 use crate::domain::{EntityKind, TimerMessage};
 use crate::retry::{Disposition, Router};
-use crate::store::sweep::{self, Fate};
 use crate::store::StoreError;
+use crate::store::sweep::{self, Fate};
 
 use self::acks::AckLedger;
 
@@ -71,9 +71,15 @@ impl DueConsumer {
         }
     }
 
-    async fn consume(&self, session: &Session, shutdown: &CancellationToken) -> Result<(), lapin::Error> {
+    async fn consume(
+        &self,
+        session: &Session,
+        shutdown: &CancellationToken,
+    ) -> Result<(), lapin::Error> {
         let channel = session.connection.create_channel().await?;
-        channel.basic_qos(self.prefetch, BasicQosOptions::default()).await?;
+        channel
+            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .await?;
         let tag = format!("order-timeout-{}", Uuid::now_v7());
         let consumer = channel
             .basic_consume(
@@ -93,17 +99,25 @@ impl DueConsumer {
         consumer
             .take_until(shutdown.cancelled())
             .ready_chunks(batch_size)
-            .inspect(|batch| ledger.received(batch.iter().filter_map(|result| result.as_ref().ok())))
+            .inspect(|batch| {
+                ledger.received(batch.iter().filter_map(|result| result.as_ref().ok()))
+            })
             .for_each_concurrent(self.concurrency, |batch| async move {
                 let deliveries: Vec<Delivery> = batch
                     .into_iter()
-                    .filter_map(|result| result.map_err(|e| tracing::warn!(error = %e, "delivery error")).ok())
+                    .filter_map(|result| {
+                        result
+                            .map_err(|e| tracing::warn!(error = %e, "delivery error"))
+                            .ok()
+                    })
                     .collect();
                 self.handle_batch(deliveries, ledger).await;
             })
             .await;
         if shutdown.is_cancelled() {
-            let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+            let _ = channel
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await;
             let _ = channel.close(200, "shutting down".into()).await;
         }
         Ok(())
@@ -117,8 +131,14 @@ impl DueConsumer {
         let mut routes = Vec::new();
         for delivery in deliveries {
             match serde_json::from_slice::<TimerMessage>(&delivery.data) {
-                Ok(timer) => by_kind.entry(timer.kind).or_default().push((timer.id, delivery)),
-                Err(error) => routes.push((delivery, Disposition::Permanent(format!("not a timer message: {error}")))),
+                Ok(timer) => by_kind
+                    .entry(timer.kind)
+                    .or_default()
+                    .push((timer.id, delivery)),
+                Err(error) => routes.push((
+                    delivery,
+                    Disposition::Permanent(format!("not a timer message: {error}")),
+                )),
             }
         }
         let mut done = Vec::new();
@@ -136,11 +156,17 @@ impl DueConsumer {
         }
         // Routed deliveries are acked by the router; that must happen before a multiple
         // ack covers their tags.
-        let routed: Vec<u64> = routes.iter().map(|(delivery, _)| delivery.delivery_tag).collect();
-        let routing = routes.into_iter().map(|(delivery, disposition)| self.router.dispose(delivery, disposition));
+        let routed: Vec<u64> = routes
+            .iter()
+            .map(|(delivery, _)| delivery.delivery_tag)
+            .collect();
+        let routing = routes
+            .into_iter()
+            .map(|(delivery, disposition)| self.router.dispose(delivery, disposition));
         futures_util::future::join_all(routing).await;
         ledger.settle(&done, &routed).await;
-        metrics::histogram!("order_timeout_handler_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("order_timeout_handler_seconds")
+            .record(started.elapsed().as_secs_f64());
     }
 }
 
@@ -171,13 +197,19 @@ fn sort(
                 "rearmed"
             }
             Fate::NotFound => {
-                routes.push((delivery, Disposition::Permanent(format!("no {} with id {id}", kind.as_str()))));
+                routes.push((
+                    delivery,
+                    Disposition::Permanent(format!("no {} with id {id}", kind.as_str())),
+                ));
                 "failed"
             }
         };
         metrics::counter!("order_timeout_deliveries_total", "outcome" => outcome).increment(1);
     }
-    let cancelled = fates.values().filter(|fate| **fate == Fate::Cancelled).count() as u64;
+    let cancelled = fates
+        .values()
+        .filter(|fate| **fate == Fate::Cancelled)
+        .count() as u64;
     metrics::counter!("order_timeout_cancelled_total", "kind" => kind.as_str(), "reason" => kind.timeout_reason()).increment(cancelled);
 }
 

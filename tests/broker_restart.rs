@@ -19,8 +19,8 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use tokio::time::Instant;
 
-use helpers::{eventually, TestApp};
-use load::{init_logs, verify, Load, LoadShape, Outage};
+use helpers::{TestApp, eventually};
+use load::{Load, LoadShape, Outage, init_logs, verify};
 
 /// Stops the broker application; `start_app` runs when it is dropped, whatever happens
 /// in between (a panicking test included), so the broker is never left down.
@@ -45,7 +45,10 @@ impl Drop for StoppedBroker {
 fn rabbitmqctl(command: &str) {
     match Command::new("rabbitmqctl").arg(command).output() {
         Ok(output) if output.status.success() => {}
-        Ok(output) => eprintln!("rabbitmqctl {command} failed: {}", String::from_utf8_lossy(&output.stderr)),
+        Ok(output) => eprintln!(
+            "rabbitmqctl {command} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ),
         Err(error) => eprintln!("rabbitmqctl {command} could not run: {error}"),
     }
 }
@@ -61,7 +64,9 @@ async fn a_broker_restart_while_orders_come_due_loses_nothing() {
 
     let start = app.db_now().await;
     let stopping = Instant::now();
-    let stopped = tokio::task::spawn_blocking(StoppedBroker::stop).await.expect("stop_app");
+    let stopped = tokio::task::spawn_blocking(StoppedBroker::stop)
+        .await
+        .expect("stop_app");
     println!("stop_app took {} ms", stopping.elapsed().as_millis());
     let down = eventually(Duration::from_secs(5), || async {
         let (status, body) = app.get("/readyz").await;
@@ -71,17 +76,36 @@ async fn a_broker_restart_while_orders_come_due_loses_nothing() {
     // Orders keep coming and come due while the broker is away.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let starting = Instant::now();
-    tokio::task::spawn_blocking(move || drop(stopped)).await.expect("start_app");
+    tokio::task::spawn_blocking(move || drop(stopped))
+        .await
+        .expect("start_app");
     println!("start_app took {} ms", starting.elapsed().as_millis());
-    let outage = Outage { start, end: app.db_now().await };
+    let outage = Outage {
+        start,
+        end: app.db_now().await,
+    };
     assert!(down, "/readyz did not name the broker while it was stopped");
 
     let back = Instant::now();
     app.wait_ready().await;
-    println!("ready again {} ms after the broker was back", back.elapsed().as_millis());
+    println!(
+        "ready again {} ms after the broker was back",
+        back.elapsed().as_millis()
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stats = load.finish().await;
     stats.assert_http_never_failed();
-    let verdict = verify(&app, "broker restart", &events, &stats, &[outage], Duration::from_secs(40)).await;
-    assert!(verdict.max_lateness_beyond_outage_ms < 20_000, "{verdict:?}");
+    let verdict = verify(
+        &app,
+        "broker restart",
+        &events,
+        &stats,
+        &[outage],
+        Duration::from_secs(40),
+    )
+    .await;
+    assert!(
+        verdict.max_lateness_beyond_outage_ms < 20_000,
+        "{verdict:?}"
+    );
 }

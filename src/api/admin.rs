@@ -2,7 +2,7 @@
 //! needs `Authorization: Bearer ADMIN_TOKEN`; every action is logged with what it touched.
 
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -10,19 +10,19 @@ use axum::{Json, Router};
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
+use super::AppState;
 use super::error::ApiError;
 use super::extract::{EntityId, QueryPairs};
-use super::resource::{paged, Listing};
-use super::AppState;
+use super::resource::{Listing, paged};
 use crate::broker::headers;
 use crate::broker::{Outgoing, PublishError};
 use crate::domain::FieldError;
-use crate::retry::{republished, PARKED_FROM};
+use crate::retry::{PARKED_FROM, republished};
 use crate::store::failed::{self, FailedFilter, FailedMessage};
 
 /// Rows requeued per transaction by "requeue all".
@@ -41,9 +41,18 @@ pub fn router(state: AppState) -> Router<AppState> {
 
 /// Refuses requests without the right token, comparing in constant time (of hashes, so
 /// the length leaks nothing either).
-pub(super) async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub(super) async fn require_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     // An empty token (`ADMIN_TOKEN=` in a compose file) counts as unset.
-    let Some(expected) = state.config.admin_token.as_deref().filter(|t| !t.trim().is_empty()) else {
+    let Some(expected) = state
+        .config
+        .admin_token
+        .as_deref()
+        .filter(|t| !t.trim().is_empty())
+    else {
         return ApiError::AdminDisabled.into_response();
     };
     let given = request
@@ -53,7 +62,9 @@ pub(super) async fn require_token(State(state): State<AppState>, request: Reques
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map_or("", |(_, token)| token.trim());
-    let matches: bool = Sha256::digest(given.as_bytes()).ct_eq(&Sha256::digest(expected.as_bytes())).into();
+    let matches: bool = Sha256::digest(given.as_bytes())
+        .ct_eq(&Sha256::digest(expected.as_bytes()))
+        .into();
     if given.is_empty() || !matches {
         tracing::warn!(path = %request.uri().path(), "admin call refused: bad token");
         return ApiError::Unauthorized.into_response();
@@ -77,11 +88,19 @@ impl From<FailedMessage> for FailedView {
         let body = String::from_utf8(message.body.clone()).ok();
         let body_hex = message.body.iter().map(|b| format!("{b:02x}")).collect();
         let body_size = message.body.len();
-        Self { message, body, body_hex, body_size }
+        Self {
+            message,
+            body,
+            body_hex,
+            body_size,
+        }
     }
 }
 
-async fn list(State(state): State<AppState>, query: QueryPairs) -> Result<Json<Listing<FailedView>>, ApiError> {
+async fn list(
+    State(state): State<AppState>,
+    query: QueryPairs,
+) -> Result<Json<Listing<FailedView>>, ApiError> {
     query.checked(&["status", "queue", "limit", "after"])?;
     let page = query.page()?;
     let status = match query.get("status") {
@@ -89,35 +108,69 @@ async fn list(State(state): State<AppState>, query: QueryPairs) -> Result<Json<L
         Some("pending") => Some("pending"),
         Some("requeued") => Some("requeued"),
         Some("discarded") => Some("discarded"),
-        Some(_) => return Err(FieldError::new("status", "must be one of pending, requeued, discarded").into()),
+        Some(_) => {
+            return Err(
+                FieldError::new("status", "must be one of pending, requeued, discarded").into(),
+            );
+        }
     };
-    let filter = FailedFilter { status, queue: query.get("queue").map(str::to_owned), after: page.after, limit: page.limit + 1 };
+    let filter = FailedFilter {
+        status,
+        queue: query.get("queue").map(str::to_owned),
+        after: page.after,
+        limit: page.limit + 1,
+    };
     let rows = failed::list(&state.pool, &filter).await?;
     let listing = paged(rows, page.limit, |row| row.id);
-    Ok(Json(Listing { items: listing.items.into_iter().map(FailedView::from).collect(), next: listing.next }))
+    Ok(Json(Listing {
+        items: listing.items.into_iter().map(FailedView::from).collect(),
+        next: listing.next,
+    }))
 }
 
-async fn show(State(state): State<AppState>, EntityId(id): EntityId) -> Result<Json<FailedView>, ApiError> {
-    let row = failed::get(&state.pool, id).await?.ok_or(ApiError::NotFound("failed message not found"))?;
+async fn show(
+    State(state): State<AppState>,
+    EntityId(id): EntityId,
+) -> Result<Json<FailedView>, ApiError> {
+    let row = failed::get(&state.pool, id)
+        .await?
+        .ok_or(ApiError::NotFound("failed message not found"))?;
     Ok(Json(row.into()))
 }
 
-async fn requeue_one(State(state): State<AppState>, EntityId(id): EntityId) -> Result<Json<FailedView>, ApiError> {
-    let mut tx = state.pool.begin().await.map_err(crate::store::StoreError::from)?;
-    let row = failed::lock(&mut tx, id).await?.ok_or(ApiError::NotFound("failed message not found"))?;
+async fn requeue_one(
+    State(state): State<AppState>,
+    EntityId(id): EntityId,
+) -> Result<Json<FailedView>, ApiError> {
+    let mut tx = state
+        .pool
+        .begin()
+        .await
+        .map_err(crate::store::StoreError::from)?;
+    let row = failed::lock(&mut tx, id)
+        .await?
+        .ok_or(ApiError::NotFound("failed message not found"))?;
     if row.status != "pending" {
-        return Err(ApiError::conflict("already_resolved", format!("the message was already {}", row.status)));
+        return Err(ApiError::conflict(
+            "already_resolved",
+            format!("the message was already {}", row.status),
+        ));
     }
     republish(&state, std::slice::from_ref(&row)).await?;
     failed::resolve(&mut tx, &[id], "requeued").await?;
     tx.commit().await.map_err(crate::store::StoreError::from)?;
     metrics::counter!("order_timeout_requeued_total", "source" => "failed_messages").increment(1);
     tracing::info!(failed_message_id = %id, message_id = ?row.message_id, queue = %row.queue, "admin requeued a failed message");
-    let row = failed::get(&state.pool, id).await?.ok_or(ApiError::NotFound("failed message not found"))?;
+    let row = failed::get(&state.pool, id)
+        .await?
+        .ok_or(ApiError::NotFound("failed message not found"))?;
     Ok(Json(row.into()))
 }
 
-async fn requeue_all(State(state): State<AppState>, query: QueryPairs) -> Result<Json<Value>, ApiError> {
+async fn requeue_all(
+    State(state): State<AppState>,
+    query: QueryPairs,
+) -> Result<Json<Value>, ApiError> {
     query.checked(&["queue"])?;
     let queue = query.get("queue");
     let mut requeued = 0usize;
@@ -125,7 +178,11 @@ async fn requeue_all(State(state): State<AppState>, query: QueryPairs) -> Result
         return Ok(Json(json!({ "requeued": 0 })));
     };
     loop {
-        let mut tx = state.pool.begin().await.map_err(crate::store::StoreError::from)?;
+        let mut tx = state
+            .pool
+            .begin()
+            .await
+            .map_err(crate::store::StoreError::from)?;
         let rows = failed::lock_unresolved(&mut tx, queue, upto, REQUEUE_BATCH).await?;
         if rows.is_empty() {
             break;
@@ -139,7 +196,8 @@ async fn requeue_all(State(state): State<AppState>, query: QueryPairs) -> Result
             tracing::info!(failed_message_id = %row.id, message_id = ?row.message_id, queue = %row.queue, "admin requeued a failed message (bulk)");
         }
     }
-    metrics::counter!("order_timeout_requeued_total", "source" => "failed_messages").increment(requeued as u64);
+    metrics::counter!("order_timeout_requeued_total", "source" => "failed_messages")
+        .increment(requeued as u64);
     tracing::info!(requeued, queue = ?queue, "admin requeued all unresolved failed messages");
     Ok(Json(json!({ "requeued": requeued })))
 }
@@ -149,7 +207,10 @@ async fn republish(state: &AppState, rows: &[FailedMessage]) -> Result<(), ApiEr
     let properties: Vec<_> = rows
         .iter()
         .map(|row| {
-            let mut props = republished(&Default::default(), headers::from_json_for_requeue(&row.headers));
+            let mut props = republished(
+                &Default::default(),
+                headers::from_json_for_requeue(&row.headers),
+            );
             if let Some(id) = &row.message_id {
                 props = props.with_message_id(id.as_str().into());
             }
@@ -159,7 +220,13 @@ async fn republish(state: &AppState, rows: &[FailedMessage]) -> Result<(), ApiEr
     let messages: Vec<Outgoing<'_>> = rows
         .iter()
         .zip(properties)
-        .map(|(row, properties)| Outgoing { exchange: "", routing_key: &row.queue, body: &row.body, properties, mandatory: true })
+        .map(|(row, properties)| Outgoing {
+            exchange: "",
+            routing_key: &row.queue,
+            body: &row.body,
+            properties,
+            mandatory: true,
+        })
         .collect();
     state.broker.publish(&messages).await.map_err(broker_error)
 }
@@ -169,9 +236,18 @@ fn broker_error(error: PublishError) -> ApiError {
     ApiError::BrokerUnavailable
 }
 
-async fn discard(State(state): State<AppState>, EntityId(id): EntityId) -> Result<StatusCode, ApiError> {
-    let mut tx = state.pool.begin().await.map_err(crate::store::StoreError::from)?;
-    let row = failed::lock(&mut tx, id).await?.ok_or(ApiError::NotFound("failed message not found"))?;
+async fn discard(
+    State(state): State<AppState>,
+    EntityId(id): EntityId,
+) -> Result<StatusCode, ApiError> {
+    let mut tx = state
+        .pool
+        .begin()
+        .await
+        .map_err(crate::store::StoreError::from)?;
+    let row = failed::lock(&mut tx, id)
+        .await?
+        .ok_or(ApiError::NotFound("failed message not found"))?;
     match row.status.as_str() {
         "pending" => {
             failed::resolve(&mut tx, &[id], "discarded").await?;
@@ -180,7 +256,10 @@ async fn discard(State(state): State<AppState>, EntityId(id): EntityId) -> Resul
             Ok(StatusCode::NO_CONTENT)
         }
         "discarded" => Ok(StatusCode::NO_CONTENT),
-        _ => Err(ApiError::conflict("already_resolved", "the message was already requeued")),
+        _ => Err(ApiError::conflict(
+            "already_resolved",
+            "the message was already requeued",
+        )),
     }
 }
 
@@ -189,22 +268,34 @@ async fn discard(State(state): State<AppState>, EntityId(id): EntityId) -> Resul
 async fn replay_parking(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let topology = state.broker.topology();
     let channel = state.broker.channel().await.map_err(broker_error)?;
-    let passive = QueueDeclareOptions { passive: true, durable: true, ..Default::default() };
+    let passive = QueueDeclareOptions {
+        passive: true,
+        durable: true,
+        ..Default::default()
+    };
     let queue = channel
-        .queue_declare(topology.parking_queue.as_str().into(), passive, FieldTable::default())
+        .queue_declare(
+            topology.parking_queue.as_str().into(),
+            passive,
+            FieldTable::default(),
+        )
         .await
         .map_err(|e| broker_error(e.into()))?;
     let mut replayed = 0u32;
     for _ in 0..queue.message_count() {
         let Some(message) = channel
-            .basic_get(topology.parking_queue.as_str().into(), BasicGetOptions::default())
+            .basic_get(
+                topology.parking_queue.as_str().into(),
+                BasicGetOptions::default(),
+            )
             .await
             .map_err(|e| broker_error(e.into()))?
         else {
             break;
         };
         let delivery = &message.delivery;
-        let mut stored = headers::to_json(&delivery.properties.headers().clone().unwrap_or_default());
+        let mut stored =
+            headers::to_json(&delivery.properties.headers().clone().unwrap_or_default());
         if let Value::Object(map) = &mut stored {
             map.remove(PARKED_FROM);
         }
@@ -217,15 +308,24 @@ async fn replay_parking(State(state): State<AppState>) -> Result<Json<Value>, Ap
             mandatory: true,
         };
         if let Err(error) = state.broker.publish(&[outgoing]).await {
-            let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+            let _ = delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
             return Err(broker_error(error));
         }
-        delivery.ack(BasicAckOptions::default()).await.map_err(|e| broker_error(e.into()))?;
+        delivery
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(|e| broker_error(e.into()))?;
         replayed += 1;
         tracing::info!(message_id = ?delivery.properties.message_id(), "admin replayed a parked message");
     }
     let _ = channel.close(200, "done".into()).await;
-    metrics::counter!("order_timeout_requeued_total", "source" => "parking").increment(u64::from(replayed));
+    metrics::counter!("order_timeout_requeued_total", "source" => "parking")
+        .increment(u64::from(replayed));
     tracing::info!(replayed, "admin replayed the parking queue");
     Ok(Json(json!({ "requeued": replayed })))
 }

@@ -11,25 +11,27 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{header, HeaderName, HeaderValue};
+use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use lapin::Channel;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
-use lapin::Channel;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::AppState;
 use super::admin::require_token;
 use super::error::ApiError;
 use super::extract::{EntityId, QueryPairs};
-use super::AppState;
 use crate::broker::Topology;
 use crate::domain::{Order, Waybill};
-use crate::store::console::{self as queries, Deadline, FailedCount, FailedRef, Lateness, OutboxBacklog, OutboxEntry, Table};
+use crate::store::console::{
+    self as queries, Deadline, FailedCount, FailedRef, Lateness, OutboxBacklog, OutboxEntry, Table,
+};
 use crate::store::entities;
 
 /// The page and its assets, compiled in: no build step, no CDN, works offline.
@@ -55,21 +57,42 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route_layer(middleware::from_fn_with_state(state, require_token));
     Router::new()
         .route("/admin", get(|| async { Redirect::to("/admin/") }))
-        .route("/admin/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
-        .route("/admin/console.css", get(|| async { asset("text/css; charset=utf-8", CONSOLE_CSS) }))
-        .route("/admin/console.js", get(|| async { asset("text/javascript; charset=utf-8", CONSOLE_JS) }))
+        .route(
+            "/admin/",
+            get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
+        )
+        .route(
+            "/admin/console.css",
+            get(|| async { asset("text/css; charset=utf-8", CONSOLE_CSS) }),
+        )
+        .route(
+            "/admin/console.js",
+            get(|| async { asset("text/javascript; charset=utf-8", CONSOLE_JS) }),
+        )
         .merge(api)
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     let headers = [
         (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
-        (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY)),
-        (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        ),
+        (
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ),
         (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
-        (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+        (
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ),
         (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-        (HeaderName::from_static("cross-origin-opener-policy"), HeaderValue::from_static("same-origin")),
+        (
+            HeaderName::from_static("cross-origin-opener-policy"),
+            HeaderValue::from_static("same-origin"),
+        ),
     ];
     (headers, body).into_response()
 }
@@ -124,32 +147,53 @@ struct QueueView {
     error: Option<&'static str>,
 }
 
-async fn overview(State(state): State<AppState>, query: QueryPairs) -> Result<Json<Overview>, ApiError> {
+async fn overview(
+    State(state): State<AppState>,
+    query: QueryPairs,
+) -> Result<Json<Overview>, ApiError> {
     query.checked(&[])?;
     let (database, broker) = tokio::join!(read_database(&state), read_broker(&state));
     let (database_time, counts, next_deadlines, outbox, failed, lateness) = database?;
     let mut orders = BTreeMap::from([("pending", 0), ("paid", 0), ("cancelled", 0)]);
     let mut waybills = BTreeMap::from([("pending", 0), ("accepted", 0), ("cancelled", 0)]);
     for count in counts {
-        let table = if count.kind == "order" { &mut orders } else { &mut waybills };
+        let table = if count.kind == "order" {
+            &mut orders
+        } else {
+            &mut waybills
+        };
         if let Some(slot) = table.get_mut(count.status.as_str()) {
             *slot = count.count;
         }
     }
-    let unresolved = failed.iter().filter(|c| c.status == "pending").map(|c| c.count).sum();
+    let unresolved = failed
+        .iter()
+        .filter(|c| c.status == "pending")
+        .map(|c| c.count)
+        .sum();
     Ok(Json(Overview {
         database_time,
         orders,
         waybills,
         next_deadlines,
         outbox,
-        failed_messages: FailedSummary { unresolved, by_queue: failed },
+        failed_messages: FailedSummary {
+            unresolved,
+            by_queue: failed,
+        },
         broker,
         lateness,
     }))
 }
 
-type DatabaseView = (DateTime<Utc>, Vec<queries::StatusCount>, Vec<Deadline>, OutboxBacklog, Vec<FailedCount>, Lateness);
+type DatabaseView = (
+    DateTime<Utc>,
+    Vec<queries::StatusCount>,
+    Vec<Deadline>,
+    OutboxBacklog,
+    Vec<FailedCount>,
+    Lateness,
+);
 
 /// The database half of the overview, one query after the other so a page polling
 /// every few seconds holds one pooled connection at a time.
@@ -178,14 +222,31 @@ async fn read_broker(state: &AppState) -> BrokerView {
             (name, role)
         })
         .collect();
-    let unknown = |error| labelled.iter().map(|(name, role)| QueueView::unknown(name, role, error)).collect();
+    let unknown = |error| {
+        labelled
+            .iter()
+            .map(|(name, role)| QueueView::unknown(name, role, error))
+            .collect()
+    };
     if !state.broker.is_connected() {
-        return BrokerView { status: "reconnecting", queues: unknown("not connected") };
+        return BrokerView {
+            status: "reconnecting",
+            queues: unknown("not connected"),
+        };
     }
     match tokio::time::timeout(BROKER_READ_TIMEOUT, depths(state, &labelled)).await {
-        Ok(Some(queues)) => BrokerView { status: "up", queues },
-        Ok(None) => BrokerView { status: "reconnecting", queues: unknown("not connected") },
-        Err(_) => BrokerView { status: "up", queues: unknown("timed out") },
+        Ok(Some(queues)) => BrokerView {
+            status: "up",
+            queues,
+        },
+        Ok(None) => BrokerView {
+            status: "reconnecting",
+            queues: unknown("not connected"),
+        },
+        Err(_) => BrokerView {
+            status: "up",
+            queues: unknown("timed out"),
+        },
     }
 }
 
@@ -213,14 +274,26 @@ async fn depths(state: &AppState, labelled: &[(String, &'static str)]) -> Option
 }
 
 async fn passive_declare(channel: &Channel, name: &str) -> lapin::Result<(u32, u32)> {
-    let passive = QueueDeclareOptions { passive: true, durable: true, ..Default::default() };
-    let queue = channel.queue_declare(name.into(), passive, FieldTable::default()).await?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        durable: true,
+        ..Default::default()
+    };
+    let queue = channel
+        .queue_declare(name.into(), passive, FieldTable::default())
+        .await?;
     Ok((queue.message_count(), queue.consumer_count()))
 }
 
 impl QueueView {
     fn unknown(name: &str, role: &'static str, error: &'static str) -> Self {
-        Self { name: name.to_owned(), role, messages: None, consumers: None, error: Some(error) }
+        Self {
+            name: name.to_owned(),
+            role,
+            messages: None,
+            consumers: None,
+            error: Some(error),
+        }
     }
 }
 
@@ -230,9 +303,17 @@ fn role_of(topology: &Topology, name: &str) -> &'static str {
         "due"
     } else if name == topology.parking_queue {
         "parking"
-    } else if topology.retry_delays_ms.iter().any(|ms| topology.retry_queue(*ms) == name) {
+    } else if topology
+        .retry_delays_ms
+        .iter()
+        .any(|ms| topology.retry_queue(*ms) == name)
+    {
         "retry"
-    } else if topology.levels_ms.iter().any(|ms| topology.level_queue(*ms) == name) {
+    } else if topology
+        .levels_ms
+        .iter()
+        .any(|ms| topology.level_queue(*ms) == name)
+    {
         "level"
     } else {
         "cache"
@@ -258,7 +339,10 @@ struct Lookup {
     failed_messages: Vec<FailedRef>,
 }
 
-async fn lookup(State(state): State<AppState>, EntityId(id): EntityId) -> Result<Json<Lookup>, ApiError> {
+async fn lookup(
+    State(state): State<AppState>,
+    EntityId(id): EntityId,
+) -> Result<Json<Lookup>, ApiError> {
     let pool = &state.pool;
     let (kind, table, entity) = if let Some(order) = entities::get::<Order>(pool, id).await? {
         ("order", Table::Orders, to_value(&order)?)
@@ -267,7 +351,9 @@ async fn lookup(State(state): State<AppState>, EntityId(id): EntityId) -> Result
     } else {
         return Err(ApiError::NotFound("no order or waybill has this id"));
     };
-    let deadline = queries::deadline_state(pool, table, id).await?.ok_or(ApiError::NotFound("no order or waybill has this id"))?;
+    let deadline = queries::deadline_state(pool, table, id)
+        .await?
+        .ok_or(ApiError::NotFound("no order or waybill has this id"))?;
     Ok(Json(Lookup {
         kind,
         entity,

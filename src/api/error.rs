@@ -1,14 +1,14 @@
 //! Every error the API can answer, and the one place that maps each to a status and a
 //! JSON body `{"error":{"code","message"[,"field"]}}`.
 
+use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde_json::json;
 
 use crate::domain::FieldError;
-use crate::store::entities::CreateError;
 use crate::store::StoreError;
+use crate::store::entities::CreateError;
 
 /// An error answered to a client.
 #[derive(Debug, thiserror::Error)]
@@ -69,10 +69,14 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
-            ApiError::IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
+            ApiError::IdempotencyKeyReused => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+            }
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::AdminDisabled => (StatusCode::SERVICE_UNAVAILABLE, "admin_disabled"),
-            ApiError::DatabaseUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
+            ApiError::DatabaseUnavailable => {
+                (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
+            }
             ApiError::BrokerUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable"),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -80,7 +84,10 @@ impl ApiError {
 
     /// A 409 with a code and message.
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
-        ApiError::Conflict { code, message: message.into() }
+        ApiError::Conflict {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -94,7 +101,10 @@ impl IntoResponse for ApiError {
         }
         let mut response = (status, Json(json!({ "error": error }))).into_response();
         if matches!(self, ApiError::Unauthorized) {
-            response.headers_mut().insert("www-authenticate", axum::http::HeaderValue::from_static("Bearer"));
+            response.headers_mut().insert(
+                "www-authenticate",
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
         }
         response
     }

@@ -4,8 +4,8 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
-use axum::http::request::Parts;
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -27,18 +27,22 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let raw = Bytes::from_request(request, state).await.map_err(|rejection: BytesRejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge
-            } else {
-                ApiError::InvalidJson(format!("could not read the body: {rejection}"))
-            }
-        })?;
+        let raw =
+            Bytes::from_request(request, state)
+                .await
+                .map_err(|rejection: BytesRejection| {
+                    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                        ApiError::PayloadTooLarge
+                    } else {
+                        ApiError::InvalidJson(format!("could not read the body: {rejection}"))
+                    }
+                })?;
         let value = if raw.iter().all(u8::is_ascii_whitespace) {
             // An empty body on an action (pay, cancel) means "no arguments".
             Value::Object(Default::default())
         } else {
-            serde_json::from_slice(&raw).map_err(|e| ApiError::InvalidJson(format!("body is not valid JSON: {e}")))?
+            serde_json::from_slice(&raw)
+                .map_err(|e| ApiError::InvalidJson(format!("body is not valid JSON: {e}")))?
         };
         Ok(Self { value, raw })
     }
@@ -51,8 +55,12 @@ impl<S: Send + Sync> FromRequestParts<S> for EntityId {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Path(text) = Path::<String>::from_request_parts(parts, state).await.map_err(|_| ApiError::InvalidId)?;
-        Uuid::parse_str(&text).map(EntityId).map_err(|_| ApiError::InvalidId)
+        let Path(text) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::InvalidId)?;
+        Uuid::parse_str(&text)
+            .map(EntityId)
+            .map_err(|_| ApiError::InvalidId)
     }
 }
 
@@ -70,7 +78,9 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {
 }
 
 fn url_pairs(query: &str) -> Vec<(String, String)> {
-    form_urlencoded::parse(query.as_bytes()).into_owned().collect()
+    form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect()
 }
 
 /// The common paging parameters of list endpoints.
@@ -90,14 +100,20 @@ impl QueryPairs {
     pub fn checked(&self, known: &[&str]) -> Result<(), FieldError> {
         for (i, (key, _)) in self.0.iter().enumerate() {
             if !known.contains(&key.as_str()) {
-                return Err(FieldError::new(key.as_str(), "is not a known query parameter"));
+                return Err(FieldError::new(
+                    key.as_str(),
+                    "is not a known query parameter",
+                ));
             }
             if self.0[..i].iter().any(|(k, _)| k == key) {
                 return Err(FieldError::new(key.as_str(), "is given more than once"));
             }
             let value = &self.0[i].1;
             if value.chars().any(char::is_control) || value.len() > 200 {
-                return Err(FieldError::new(key.as_str(), "must be at most 200 characters without control characters"));
+                return Err(FieldError::new(
+                    key.as_str(),
+                    "must be at most 200 characters without control characters",
+                ));
             }
         }
         Ok(())
@@ -105,7 +121,11 @@ impl QueryPairs {
 
     /// The value of `key`, if present and non-empty.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
     }
 
     /// Parses `limit` and `after`.
@@ -114,13 +134,21 @@ impl QueryPairs {
             None => 50,
             Some(text) => match text.parse::<i64>() {
                 Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-                _ => return Err(FieldError::new("limit", format!("must be an integer from 1 to {MAX_LIMIT}"))),
+                _ => {
+                    return Err(FieldError::new(
+                        "limit",
+                        format!("must be an integer from 1 to {MAX_LIMIT}"),
+                    ));
+                }
             },
         };
-        let after = match self.get("after") {
-            None => None,
-            Some(text) => Some(Uuid::parse_str(text).map_err(|_| FieldError::new("after", "must be a cursor from a previous page"))?),
-        };
+        let after =
+            match self.get("after") {
+                None => None,
+                Some(text) => Some(Uuid::parse_str(text).map_err(|_| {
+                    FieldError::new("after", "must be a cursor from a previous page")
+                })?),
+            };
         Ok(Page { limit, after })
     }
 }

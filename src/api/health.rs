@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -37,9 +37,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let word = |up: bool| if up { "up" } else { "down" };
     let checks = json!({"database": word(database), "broker": word(broker)});
     if database && broker {
-        return (StatusCode::OK, Json(json!({"status": "ready", "checks": checks}))).into_response();
+        return (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "checks": checks})),
+        )
+            .into_response();
     }
-    let down: Vec<&str> = [("database", database), ("broker", broker)].iter().filter(|(_, up)| !up).map(|(n, _)| *n).collect();
+    let down: Vec<&str> = [("database", database), ("broker", broker)]
+        .iter()
+        .filter(|(_, up)| !up)
+        .map(|(n, _)| *n)
+        .collect();
     let message = format!("unavailable: {}", down.join(", "));
     let body = json!({"error": {"code": "not_ready", "message": message}, "checks": checks});
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
@@ -52,10 +60,15 @@ async fn database_up(state: &AppState) -> bool {
 
 /// Prometheus text; the outbox backlog is read at scrape time.
 async fn metrics(State(state): State<AppState>) -> Response {
-    if let Ok(Ok(backlog)) = tokio::time::timeout(PROBE_TIMEOUT, outbox::backlog(&state.pool)).await {
+    if let Ok(Ok(backlog)) = tokio::time::timeout(PROBE_TIMEOUT, outbox::backlog(&state.pool)).await
+    {
         metrics::gauge!("order_timeout_outbox_backlog").set(backlog as f64);
     }
-    metrics::gauge!("order_timeout_broker_connected").set(if state.broker.is_connected() { 1.0 } else { 0.0 });
+    metrics::gauge!("order_timeout_broker_connected").set(if state.broker.is_connected() {
+        1.0
+    } else {
+        0.0
+    });
     let body = state.metrics.render();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -14,10 +14,10 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -66,12 +66,17 @@ pub fn router(state: AppState) -> Router {
 /// not explode the label set).
 async fn record_metrics(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
     let method = request.method().to_string();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
     metrics::counter!("order_timeout_http_requests_total", "method" => method, "route" => route.clone(), "status" => status).increment(1);
-    metrics::histogram!("order_timeout_http_request_duration_seconds", "route" => route).record(started.elapsed().as_secs_f64());
+    metrics::histogram!("order_timeout_http_request_duration_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
     response
 }
 

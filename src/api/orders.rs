@@ -6,10 +6,10 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
+use super::AppState;
 use super::error::ApiError;
 use super::extract::{EntityId, JsonBody, QueryPairs};
 use super::resource::{self, Listing};
-use super::AppState;
 use crate::domain::{FieldError, NewOrder, Order, OrderStatus};
 use crate::store::entities::{self, Transition};
 
@@ -22,15 +22,25 @@ pub fn router() -> Router<AppState> {
         .route("/orders/{id}/cancel", post(cancel))
 }
 
-async fn create(State(state): State<AppState>, headers: HeaderMap, body: JsonBody) -> Result<Response, ApiError> {
+async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
     resource::create(&state, &headers, body, "orders", NewOrder::parse).await
 }
 
-async fn show(State(state): State<AppState>, EntityId(id): EntityId) -> Result<Json<Order>, ApiError> {
+async fn show(
+    State(state): State<AppState>,
+    EntityId(id): EntityId,
+) -> Result<Json<Order>, ApiError> {
     resource::get(&state, id).await
 }
 
-async fn list(State(state): State<AppState>, query: QueryPairs) -> Result<Json<Listing<Order>>, ApiError> {
+async fn list(
+    State(state): State<AppState>,
+    query: QueryPairs,
+) -> Result<Json<Listing<Order>>, ApiError> {
     resource::list(&state, &query, "customer_id", status_name).await
 }
 
@@ -43,20 +53,30 @@ fn status_name(text: &str) -> Result<&'static str, FieldError> {
 }
 
 /// Pays the order if it is pending and its deadline (database time) has not passed.
-async fn pay(State(state): State<AppState>, EntityId(id): EntityId) -> Result<Json<Order>, ApiError> {
+async fn pay(
+    State(state): State<AppState>,
+    EntityId(id): EntityId,
+) -> Result<Json<Order>, ApiError> {
     match resource::within_deadline(&state, entities::pay_order(&state.pool, id)).await? {
         Transition::Done(order) => {
             state.relay_wakeup.notify_one();
-            metrics::counter!("order_timeout_entities_total", "kind" => "order", "event" => "paid").increment(1);
+            metrics::counter!("order_timeout_entities_total", "kind" => "order", "event" => "paid")
+                .increment(1);
             tracing::info!(entity_id = %id, "order paid");
             Ok(Json(order))
         }
         Transition::Refused { current, expired } => match current.status {
             OrderStatus::Paid => Ok(Json(current)),
-            OrderStatus::Cancelled => Err(ApiError::conflict("order_cancelled", "the order is cancelled")),
+            OrderStatus::Cancelled => Err(ApiError::conflict(
+                "order_cancelled",
+                "the order is cancelled",
+            )),
             OrderStatus::Pending if expired => {
                 tracing::info!(entity_id = %id, "payment refused: deadline passed");
-                Err(ApiError::conflict("order_expired", "the payment deadline has passed"))
+                Err(ApiError::conflict(
+                    "order_expired",
+                    "the payment deadline has passed",
+                ))
             }
             OrderStatus::Pending => Err(ApiError::Internal),
         },
@@ -65,7 +85,10 @@ async fn pay(State(state): State<AppState>, EntityId(id): EntityId) -> Result<Js
 }
 
 /// Cancels the order at the customer's request.
-async fn cancel(State(state): State<AppState>, EntityId(id): EntityId) -> Result<Json<Order>, ApiError> {
+async fn cancel(
+    State(state): State<AppState>,
+    EntityId(id): EntityId,
+) -> Result<Json<Order>, ApiError> {
     match resource::within_deadline(&state, entities::cancel_order(&state.pool, id)).await? {
         Transition::Done(order) => {
             state.relay_wakeup.notify_one();
@@ -76,7 +99,10 @@ async fn cancel(State(state): State<AppState>, EntityId(id): EntityId) -> Result
         }
         Transition::Refused { current, .. } => match current.status {
             OrderStatus::Cancelled => Ok(Json(current)),
-            _ => Err(ApiError::conflict("order_paid", "the order is paid and cannot be cancelled")),
+            _ => Err(ApiError::conflict(
+                "order_paid",
+                "the order is paid and cannot be cancelled",
+            )),
         },
         Transition::NotFound => Err(ApiError::NotFound("order not found")),
     }

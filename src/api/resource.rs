@@ -3,16 +3,16 @@
 
 use std::future::Future;
 
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
 use axum::Json;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::AppState;
 use super::error::ApiError;
 use super::extract::{JsonBody, QueryPairs};
-use super::AppState;
 use crate::domain::FieldError;
 use crate::store::entities::{self, Entity, ListFilter, NewEntity};
 use crate::store::idempotency::IdempotencyKey;
@@ -33,7 +33,11 @@ pub async fn create<N: NewEntity>(
     let new = parse(&body.value)?;
     let kind = <N::Entity as Entity>::KIND;
     let timeout = state.config.timeout_of(kind);
-    let created = within_deadline(state, entities::create(&state.pool, &new, timeout, key.as_ref())).await?;
+    let created = within_deadline(
+        state,
+        entities::create(&state.pool, &new, timeout, key.as_ref()),
+    )
+    .await?;
     let id = created.entity.id();
     let status = if created.replayed {
         tracing::info!(entity_id = %id, kind = kind.as_str(), "create replayed from idempotency key");
@@ -44,7 +48,8 @@ pub async fn create<N: NewEntity>(
         tracing::info!(entity_id = %id, kind = kind.as_str(), expires_at = %created.entity.expires_at(), "created");
         StatusCode::CREATED
     };
-    let location = HeaderValue::from_str(&format!("/{scope}/{id}")).map_err(|_| ApiError::Internal)?;
+    let location =
+        HeaderValue::from_str(&format!("/{scope}/{id}")).map_err(|_| ApiError::Internal)?;
     Ok((status, [(header::LOCATION, location)], Json(created.entity)).into_response())
 }
 
@@ -53,7 +58,10 @@ pub async fn create<N: NewEntity>(
 /// mid-statement (a black-holed network): without this such a request would wait for
 /// TCP to give up. Dropping the work rolls its transaction back (or leaves a commit
 /// whose outcome the 503 does not claim to know, like any cut connection).
-pub async fn within_deadline<T, E: Into<ApiError>>(state: &AppState, work: impl Future<Output = Result<T, E>>) -> Result<T, ApiError> {
+pub async fn within_deadline<T, E: Into<ApiError>>(
+    state: &AppState,
+    work: impl Future<Output = Result<T, E>>,
+) -> Result<T, ApiError> {
     let deadline = state.config.database_request_timeout;
     match tokio::time::timeout(deadline, work).await {
         Ok(result) => result.map_err(Into::into),
@@ -64,14 +72,25 @@ pub async fn within_deadline<T, E: Into<ApiError>>(state: &AppState, work: impl 
     }
 }
 
-fn idempotency_key(headers: &HeaderMap, scope: &'static str, body: &JsonBody) -> Result<Option<IdempotencyKey>, ApiError> {
-    let Some(value) = headers.get(IDEMPOTENCY_KEY) else { return Ok(None) };
+fn idempotency_key(
+    headers: &HeaderMap,
+    scope: &'static str,
+    body: &JsonBody,
+) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
     let key = value
         .to_str()
         .ok()
         .map(str::trim)
         .filter(|k| !k.is_empty() && k.len() <= 255)
-        .ok_or_else(|| FieldError::new("Idempotency-Key", "must be 1 to 255 visible ASCII characters"))?;
+        .ok_or_else(|| {
+            FieldError::new(
+                "Idempotency-Key",
+                "must be 1 to 255 visible ASCII characters",
+            )
+        })?;
     // The parsed document, re-serialised with sorted keys: the same JSON with other
     // whitespace or key order is the same request.
     let canonical = serde_json::to_vec(&body.value).map_err(|_| ApiError::Internal)?;
@@ -80,7 +99,10 @@ fn idempotency_key(headers: &HeaderMap, scope: &'static str, body: &JsonBody) ->
 
 /// Reads one entity or answers 404.
 pub async fn get<T: Entity>(state: &AppState, id: Uuid) -> Result<Json<T>, ApiError> {
-    within_deadline(state, entities::get::<T>(&state.pool, id)).await?.map(Json).ok_or(ApiError::NotFound(not_found(T::KIND)))
+    within_deadline(state, entities::get::<T>(&state.pool, id))
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound(not_found(T::KIND)))
 }
 
 /// The 404 message of a kind.
@@ -117,7 +139,12 @@ pub async fn list<T: Entity>(
         }
     }
     // One row more than the page, to know whether another page follows.
-    let filter = ListFilter { status, owner, after: page.after, limit: page.limit + 1 };
+    let filter = ListFilter {
+        status,
+        owner,
+        after: page.after,
+        limit: page.limit + 1,
+    };
     let items = within_deadline(state, entities::list::<T>(&state.pool, &filter)).await?;
     Ok(Json(paged(items, page.limit, Entity::id)))
 }

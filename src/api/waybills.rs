@@ -6,11 +6,11 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
+use super::AppState;
 use super::error::ApiError;
 use super::extract::{EntityId, JsonBody, QueryPairs};
 use super::resource::{self, Listing};
-use super::AppState;
-use crate::domain::{parse_acceptance, FieldError, NewWaybill, Waybill, WaybillStatus};
+use crate::domain::{FieldError, NewWaybill, Waybill, WaybillStatus, parse_acceptance};
 use crate::store::entities::{self, Transition};
 
 /// The waybill routes.
@@ -22,15 +22,25 @@ pub fn router() -> Router<AppState> {
         .route("/waybills/{id}/cancel", post(cancel))
 }
 
-async fn create(State(state): State<AppState>, headers: HeaderMap, body: JsonBody) -> Result<Response, ApiError> {
+async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
     resource::create(&state, &headers, body, "waybills", NewWaybill::parse).await
 }
 
-async fn show(State(state): State<AppState>, EntityId(id): EntityId) -> Result<Json<Waybill>, ApiError> {
+async fn show(
+    State(state): State<AppState>,
+    EntityId(id): EntityId,
+) -> Result<Json<Waybill>, ApiError> {
     resource::get(&state, id).await
 }
 
-async fn list(State(state): State<AppState>, query: QueryPairs) -> Result<Json<Listing<Waybill>>, ApiError> {
+async fn list(
+    State(state): State<AppState>,
+    query: QueryPairs,
+) -> Result<Json<Listing<Waybill>>, ApiError> {
     resource::list(&state, &query, "order_id", status_name).await
 }
 
@@ -43,9 +53,18 @@ fn status_name(text: &str) -> Result<&'static str, FieldError> {
 }
 
 /// Records a carrier's acceptance if the waybill is pending and not past its deadline.
-async fn accept(State(state): State<AppState>, EntityId(id): EntityId, body: JsonBody) -> Result<Json<Waybill>, ApiError> {
+async fn accept(
+    State(state): State<AppState>,
+    EntityId(id): EntityId,
+    body: JsonBody,
+) -> Result<Json<Waybill>, ApiError> {
     let carrier = parse_acceptance(&body.value)?;
-    match resource::within_deadline(&state, entities::accept_waybill(&state.pool, id, carrier.as_str())).await? {
+    match resource::within_deadline(
+        &state,
+        entities::accept_waybill(&state.pool, id, carrier.as_str()),
+    )
+    .await?
+    {
         Transition::Done(waybill) => {
             state.relay_wakeup.notify_one();
             metrics::counter!("order_timeout_entities_total", "kind" => "waybill", "event" => "accepted").increment(1);
@@ -53,12 +72,21 @@ async fn accept(State(state): State<AppState>, EntityId(id): EntityId, body: Jso
             Ok(Json(waybill))
         }
         Transition::Refused { current, expired } => match current.status {
-            WaybillStatus::Accepted if current.carrier_id.as_deref() == Some(carrier.as_str()) => Ok(Json(current)),
-            WaybillStatus::Accepted => Err(ApiError::conflict("waybill_accepted", "another carrier accepted the waybill")),
-            WaybillStatus::Cancelled => Err(ApiError::conflict("waybill_cancelled", "the waybill is cancelled")),
-            WaybillStatus::Pending if expired => {
-                Err(ApiError::conflict("waybill_expired", "the acceptance deadline has passed"))
+            WaybillStatus::Accepted if current.carrier_id.as_deref() == Some(carrier.as_str()) => {
+                Ok(Json(current))
             }
+            WaybillStatus::Accepted => Err(ApiError::conflict(
+                "waybill_accepted",
+                "another carrier accepted the waybill",
+            )),
+            WaybillStatus::Cancelled => Err(ApiError::conflict(
+                "waybill_cancelled",
+                "the waybill is cancelled",
+            )),
+            WaybillStatus::Pending if expired => Err(ApiError::conflict(
+                "waybill_expired",
+                "the acceptance deadline has passed",
+            )),
             WaybillStatus::Pending => Err(ApiError::Internal),
         },
         Transition::NotFound => Err(ApiError::NotFound("waybill not found")),
@@ -66,7 +94,10 @@ async fn accept(State(state): State<AppState>, EntityId(id): EntityId, body: Jso
 }
 
 /// Cancels the waybill at the shipper's request.
-async fn cancel(State(state): State<AppState>, EntityId(id): EntityId) -> Result<Json<Waybill>, ApiError> {
+async fn cancel(
+    State(state): State<AppState>,
+    EntityId(id): EntityId,
+) -> Result<Json<Waybill>, ApiError> {
     match resource::within_deadline(&state, entities::cancel_waybill(&state.pool, id)).await? {
         Transition::Done(waybill) => {
             state.relay_wakeup.notify_one();
@@ -77,7 +108,10 @@ async fn cancel(State(state): State<AppState>, EntityId(id): EntityId) -> Result
         }
         Transition::Refused { current, .. } => match current.status {
             WaybillStatus::Cancelled => Ok(Json(current)),
-            _ => Err(ApiError::conflict("waybill_accepted", "the waybill is accepted and cannot be cancelled")),
+            _ => Err(ApiError::conflict(
+                "waybill_accepted",
+                "the waybill is accepted and cannot be cancelled",
+            )),
         },
         Transition::NotFound => Err(ApiError::NotFound("waybill not found")),
     }

@@ -8,7 +8,10 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde::Serialize;
@@ -36,69 +39,146 @@ pub struct BrokerBaseline {
 }
 
 /// Runs the broker-only burst in queues named after `prefix`, deleted afterwards.
-pub async fn burst(amqp_url: &str, prefix: &str, count: u64, lead: Duration, prefetch: u16) -> anyhow::Result<BrokerBaseline> {
+pub async fn burst(
+    amqp_url: &str,
+    prefix: &str,
+    count: u64,
+    lead: Duration,
+    prefetch: u16,
+) -> anyhow::Result<BrokerBaseline> {
     let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
-    let (waiting, due) = (format!("{prefix}.bench.waiting"), format!("{prefix}.bench.due"));
+    let (waiting, due) = (
+        format!("{prefix}.bench.waiting"),
+        format!("{prefix}.bench.due"),
+    );
     declare(&channel, &waiting, &due).await?;
     let result = run(&connection, &channel, &waiting, &due, count, lead, prefetch).await;
     for queue in [&waiting, &due] {
-        let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
     }
     let _ = connection.close(200, "bench done".into()).await;
     result
 }
 
 async fn declare(channel: &Channel, waiting: &str, due: &str) -> lapin::Result<()> {
-    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-    channel.queue_declare(due.into(), durable, FieldTable::default()).await?;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(due.into(), durable, FieldTable::default())
+        .await?;
     let mut arguments = FieldTable::default();
-    arguments.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(LongString::from("")));
-    arguments.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(LongString::from(due)));
-    channel.queue_declare(waiting.into(), durable, arguments).await?;
+    arguments.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(LongString::from("")),
+    );
+    arguments.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(LongString::from(due)),
+    );
+    channel
+        .queue_declare(waiting.into(), durable, arguments)
+        .await?;
     Ok(())
 }
 
-async fn run(connection: &Connection, channel: &Channel, waiting: &str, due: &str, count: u64, lead: Duration, prefetch: u16) -> anyhow::Result<BrokerBaseline> {
+async fn run(
+    connection: &Connection,
+    channel: &Channel,
+    waiting: &str,
+    due: &str,
+    count: u64,
+    lead: Duration,
+    prefetch: u16,
+) -> anyhow::Result<BrokerBaseline> {
     let second = Instant::now() + lead;
     let started = Instant::now();
     publish(channel, waiting, second, count).await?;
     let publish_s = started.elapsed().as_secs_f64();
     let consuming = connection.create_channel().await?;
-    consuming.basic_qos(prefetch, BasicQosOptions::default()).await?;
-    let consumer = consuming.basic_consume(due.into(), "bench-baseline".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
-    let bar = load::bar("broker", &format!("{count} messages dead-lettered in one second, no database"), count);
+    consuming
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let consumer = consuming
+        .basic_consume(
+            due.into(),
+            "bench-baseline".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let bar = load::bar(
+        "broker",
+        &format!("{count} messages dead-lettered in one second, no database"),
+        count,
+    );
     let mut chunks = consumer.ready_chunks(usize::from(prefetch));
     let mut delivered = 0_u64;
     let limit = second + Duration::from_secs(120);
     while delivered < count {
         let chunk = match tokio::time::timeout_at(limit, chunks.next()).await {
             Ok(Some(chunk)) => chunk,
-            Ok(None) => anyhow::bail!("the broker ended the baseline's consumer after {delivered} deliveries"),
+            Ok(None) => anyhow::bail!(
+                "the broker ended the baseline's consumer after {delivered} deliveries"
+            ),
             Err(_) => break,
         };
-        let Some(last) = chunk.iter().rev().find_map(|d| d.as_ref().ok()) else { continue };
-        consuming.basic_ack(last.delivery_tag, BasicAckOptions { multiple: true }).await?;
+        let Some(last) = chunk.iter().rev().find_map(|d| d.as_ref().ok()) else {
+            continue;
+        };
+        consuming
+            .basic_ack(last.delivery_tag, BasicAckOptions { multiple: true })
+            .await?;
         delivered += chunk.len() as u64;
         bar.set_position(delivered);
     }
     bar.finish();
-    let after = Instant::now().saturating_duration_since(second).as_secs_f64();
-    Ok(BrokerBaseline { messages: count, prefetch, publish_s, all_delivered_after_s: after, per_second: delivered as f64 / after.max(1e-9) })
+    let after = Instant::now()
+        .saturating_duration_since(second)
+        .as_secs_f64();
+    Ok(BrokerBaseline {
+        messages: count,
+        prefetch,
+        publish_s,
+        all_delivered_after_s: after,
+        per_second: delivered as f64 / after.max(1e-9),
+    })
 }
 
 /// Publishes `count` persistent messages expiring evenly over the second at `second`.
-async fn publish(channel: &Channel, queue: &str, second: Instant, count: u64) -> anyhow::Result<()> {
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+async fn publish(
+    channel: &Channel,
+    queue: &str,
+    second: Instant,
+    count: u64,
+) -> anyhow::Result<()> {
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     let body = br#"{"kind":"order","id":"00000000-0000-0000-0000-000000000000"}"#;
     let mut n = 0;
     while n < count {
         let mut confirms = Vec::with_capacity(PUBLISH_CHUNK);
         for _ in 0..PUBLISH_CHUNK.min((count - n) as usize) {
             let due = second + Duration::from_secs_f64(n as f64 / count as f64);
-            let ms_left = due.saturating_duration_since(Instant::now()).as_millis().max(1);
-            let properties = BasicProperties::default().with_delivery_mode(PERSISTENT).with_expiration(ms_left.to_string().into());
-            confirms.push(channel.basic_publish("".into(), queue.into(), BasicPublishOptions::default(), body, properties));
+            let ms_left = due
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .max(1);
+            let properties = BasicProperties::default()
+                .with_delivery_mode(PERSISTENT)
+                .with_expiration(ms_left.to_string().into());
+            confirms.push(channel.basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            ));
             n += 1;
         }
         for confirm in futures_util::future::try_join_all(confirms).await? {

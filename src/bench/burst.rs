@@ -15,11 +15,11 @@ use serde::Serialize;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::Sizes;
 use super::broker::{self, BrokerBaseline};
 use super::env::{BenchEnv, LONG_TIMEOUT};
 use super::lateness::histogram_of;
 use super::load::{self, Api, Counters, Latency};
-use super::Sizes;
 
 /// Rows per insert statement (and transaction).
 const CHUNK: usize = 10_000;
@@ -60,24 +60,41 @@ pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<BurstReport> {
     // Whole seconds, so the bucket is a name no configured timeout uses.
     let lead_s = sizes.burst_lead_ms.div_ceil(1000).max(1);
     let prefetch = crate::config::Config::defaults().prefetch;
-    let broker_only = broker::burst(env.amqp_url(), env.prefix(), sizes.burst, Duration::from_secs(lead_s), prefetch).await?;
+    let broker_only = broker::burst(
+        env.amqp_url(),
+        env.prefix(),
+        sizes.burst,
+        Duration::from_secs(lead_s),
+        prefetch,
+    )
+    .await?;
     let service = env.start(LONG_TIMEOUT).await?;
     let api = Api::new(&service.url);
     let before = api.counters().await;
     let tag = env.tag("burst");
     let bucket = format!("order.{}", lead_s * 1000 + 1);
     env.remember_bucket(&bucket);
-    let second: DateTime<Utc> = sqlx::query_scalar("select date_trunc('second', now()) + $1 * interval '1 second'")
-        .bind(lead_s as f64)
-        .fetch_one(&env.pool)
-        .await?;
+    let second: DateTime<Utc> =
+        sqlx::query_scalar("select date_trunc('second', now()) + $1 * interval '1 second'")
+            .bind(lead_s as f64)
+            .fetch_one(&env.pool)
+            .await?;
     let started = Instant::now();
     insert(env, &tag, &bucket, second, sizes.burst).await?;
     let insert_s = started.elapsed().as_secs_f64();
-    let armed = env.wait_outbox_drained(Duration::from_secs(lead_s) + GRACE).await?.map(|_| started.elapsed());
+    let armed = env
+        .wait_outbox_drained(Duration::from_secs(lead_s) + GRACE)
+        .await?
+        .map(|_| started.elapsed());
     let armed_before_deadlines = armed.is_some_and(|armed| armed < Duration::from_secs(lead_s));
-    let bar = load::bar("burst", &format!("{} deadlines in one second, {lead_s} s ahead", sizes.burst), sizes.burst);
-    let not_cancelled = env.wait_cancelled(&tag, Duration::from_secs(lead_s + 1) + GRACE, &bar).await?;
+    let bar = load::bar(
+        "burst",
+        &format!("{} deadlines in one second, {lead_s} s ahead", sizes.burst),
+        sizes.burst,
+    );
+    let not_cancelled = env
+        .wait_cancelled(&tag, Duration::from_secs(lead_s + 1) + GRACE, &bar)
+        .await?;
     bar.finish();
     let timing = Timing::read(env, &tag, second).await?;
     let counters = api.counters().await.since(&before);
@@ -91,7 +108,8 @@ pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<BurstReport> {
         cancelled: timing.samples_ms.len() as u64,
         not_cancelled,
         all_cancelled_after_s: timing.last_cancel_after_second_s,
-        cancels_per_second: timing.samples_ms.len() as f64 / timing.first_deadline_to_last_cancel_s.max(1e-9),
+        cancels_per_second: timing.samples_ms.len() as f64
+            / timing.first_deadline_to_last_cancel_s.max(1e-9),
         lateness: Latency::of(&histogram_of(&timing.samples_ms)),
         counters,
         broker_only,
@@ -101,12 +119,24 @@ pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<BurstReport> {
 /// Inserts `count` pending orders with deadlines spread evenly over the second starting
 /// at `second`, and a timer outbox row for each, in deadline order (so the cache bucket
 /// holds them in the order they expire).
-async fn insert(env: &BenchEnv, tag: &str, bucket: &str, second: DateTime<Utc>, count: u64) -> anyhow::Result<()> {
+async fn insert(
+    env: &BenchEnv,
+    tag: &str,
+    bucket: &str,
+    second: DateTime<Utc>,
+    count: u64,
+) -> anyhow::Result<()> {
     let step_us = 1_000_000.0 / count.max(1) as f64;
-    let bar = load::bar("burst", &format!("inserting {count} orders and timers"), count);
+    let bar = load::bar(
+        "burst",
+        &format!("inserting {count} orders and timers"),
+        count,
+    );
     let mut offset = 0_u64;
     while offset < count {
-        let ids: Vec<Uuid> = (offset..count.min(offset + CHUNK as u64)).map(|_| Uuid::now_v7()).collect();
+        let ids: Vec<Uuid> = (offset..count.min(offset + CHUNK as u64))
+            .map(|_| Uuid::now_v7())
+            .collect();
         sqlx::query(
             "with o as (
                  insert into orders (id, customer_id, amount_cents, currency, expires_at)

@@ -10,9 +10,9 @@ use serde::Serialize;
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
+use super::Sizes;
 use super::env::{BenchEnv, LONG_TIMEOUT};
 use super::load::{self, Api, Counters, Stop, Throughput};
-use super::Sizes;
 
 /// Load before the measured window, so connections and caches are warm.
 const WARMUP: Duration = Duration::from_secs(1);
@@ -40,11 +40,18 @@ pub struct CreateReport {
 pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<CreateReport> {
     let service = env.start(LONG_TIMEOUT).await?;
     let api = Api::new(&service.url);
-    let stop = Stop::Measure { warmup: WARMUP, measure: Duration::from_secs(sizes.create_seconds) };
+    let stop = Stop::Measure {
+        warmup: WARMUP,
+        measure: Duration::from_secs(sizes.create_seconds),
+    };
     let raw_insert = raw_insert(env, sizes, stop).await?;
     let before = api.counters().await;
     let tag: Arc<str> = env.tag("create").into();
-    let bar = load::timed_bar("create", &format!("POST /orders, {} clients", sizes.concurrency), stop);
+    let bar = load::timed_bar(
+        "create",
+        &format!("POST /orders, {} clients", sizes.concurrency),
+        stop,
+    );
     let client = api.clone();
     let api_load = load::closed_loop(sizes.concurrency, stop, &bar, move |_| {
         let (client, tag) = (client.clone(), tag.clone());
@@ -67,10 +74,24 @@ pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<CreateReport> 
 
 /// The baseline: what PostgreSQL does with the same concurrency and pool, no service.
 async fn raw_insert(env: &BenchEnv, sizes: &Sizes, stop: Stop) -> anyhow::Result<Throughput> {
-    let pool = PgPoolOptions::new().max_connections(sizes.pool_size).connect(env.database_url()).await?;
-    sqlx::query("drop table if exists bench_raw_orders").execute(&pool).await?;
-    sqlx::query("create table bench_raw_orders (like orders including all)").execute(&pool).await?;
-    let bar = load::timed_bar("raw insert", &format!("single-row INSERT transactions, {} clients, pool {}", sizes.concurrency, sizes.pool_size), stop);
+    let pool = PgPoolOptions::new()
+        .max_connections(sizes.pool_size)
+        .connect(env.database_url())
+        .await?;
+    sqlx::query("drop table if exists bench_raw_orders")
+        .execute(&pool)
+        .await?;
+    sqlx::query("create table bench_raw_orders (like orders including all)")
+        .execute(&pool)
+        .await?;
+    let bar = load::timed_bar(
+        "raw insert",
+        &format!(
+            "single-row INSERT transactions, {} clients, pool {}",
+            sizes.concurrency, sizes.pool_size
+        ),
+        stop,
+    );
     let inserting = pool.clone();
     let throughput = load::closed_loop(sizes.concurrency, stop, &bar, move |_| {
         let pool = inserting.clone();
@@ -91,7 +112,9 @@ async fn raw_insert(env: &BenchEnv, sizes: &Sizes, stop: Stop) -> anyhow::Result
         }
     })
     .await;
-    sqlx::query("drop table bench_raw_orders").execute(&pool).await?;
+    sqlx::query("drop table bench_raw_orders")
+        .execute(&pool)
+        .await?;
     pool.close().await;
     Ok(throughput)
 }

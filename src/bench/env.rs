@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Connection, ConnectionProperties};
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
 use super::service::Service;
@@ -62,9 +62,15 @@ impl BenchEnv {
         let (mode, database_url) = match &args.url {
             Some(url) => {
                 let url = url.trim_end_matches('/').to_owned();
-                (Mode::External { url, pid: args.pid }, args.database_url.clone())
+                (
+                    Mode::External { url, pid: args.pid },
+                    args.database_url.clone(),
+                )
             }
-            None => (Mode::Started(args.service), with_database(&args.database_url, &format!("ot_bench_{run_id}"))),
+            None => (
+                Mode::Started(args.service),
+                with_database(&args.database_url, &format!("ot_bench_{run_id}")),
+            ),
         };
         let settings = PoolSettings {
             max_connections: 4,
@@ -73,7 +79,8 @@ impl BenchEnv {
             statement_timeout: Duration::from_secs(600),
         };
         let log_path = args.out.join("service.log");
-        std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
         let pool = store::connect(&database_url, settings).await?;
         if matches!(mode, Mode::Started(_)) {
             store::migrate(&pool).await?;
@@ -116,7 +123,9 @@ impl BenchEnv {
     pub fn describe_service(&self) -> String {
         match &self.mode {
             Mode::Started(ServiceMode::Child) => "child process (`order-timeout serve`)".into(),
-            Mode::Started(ServiceMode::InProcess) => "in-process (memory figures include the bench client)".into(),
+            Mode::Started(ServiceMode::InProcess) => {
+                "in-process (memory figures include the bench client)".into()
+            }
             Mode::External { url, pid } => format!("external at {url} (pid {pid:?})"),
         }
     }
@@ -178,9 +187,10 @@ impl BenchEnv {
     pub async fn wait_outbox_drained(&self, limit: Duration) -> anyhow::Result<Option<Duration>> {
         let started = Instant::now();
         while started.elapsed() < limit {
-            let backlog: i64 = sqlx::query_scalar("select count(*) from outbox where published_at is null")
-                .fetch_one(&self.pool)
-                .await?;
+            let backlog: i64 =
+                sqlx::query_scalar("select count(*) from outbox where published_at is null")
+                    .fetch_one(&self.pool)
+                    .await?;
             if backlog == 0 {
                 return Ok(Some(started.elapsed()));
             }
@@ -190,7 +200,12 @@ impl BenchEnv {
     }
 
     /// Waits until no order of `tag` is pending (or `limit` passed), moving `bar` along.
-    pub async fn wait_cancelled(&self, tag: &str, limit: Duration, bar: &indicatif::ProgressBar) -> anyhow::Result<i64> {
+    pub async fn wait_cancelled(
+        &self,
+        tag: &str,
+        limit: Duration,
+        bar: &indicatif::ProgressBar,
+    ) -> anyhow::Result<i64> {
         let started = Instant::now();
         loop {
             let (total, pending) = self.counts(tag).await?;
@@ -212,7 +227,10 @@ impl BenchEnv {
             eprintln!("bench: could not drop {}: {error:#}", self.database_name);
         }
         if let Err(error) = self.delete_queues().await {
-            eprintln!("bench: could not delete the {} queues: {error:#}", self.prefix);
+            eprintln!(
+                "bench: could not delete the {} queues: {error:#}",
+                self.prefix
+            );
         }
     }
 
@@ -221,22 +239,36 @@ impl BenchEnv {
             .max_connections(1)
             .connect(&with_database(&self.database_url, "postgres"))
             .await?;
-        let sql = format!("drop database if exists \"{}\" with (force)", self.database_name);
-        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&admin).await?;
+        let sql = format!(
+            "drop database if exists \"{}\" with (force)",
+            self.database_name
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&admin)
+            .await?;
         admin.close().await;
         Ok(())
     }
 
     async fn delete_queues(&self) -> anyhow::Result<()> {
-        let connection = Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?;
+        let connection =
+            Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
-        let queues: Vec<String> = self.queues.lock().map(|q| q.iter().cloned().collect()).unwrap_or_default();
+        let queues: Vec<String> = self
+            .queues
+            .lock()
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default();
         for queue in queues {
-            channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
+            channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await?;
         }
         for exchange in ["delay", "events"] {
             let name = format!("{}.{exchange}", self.prefix);
-            channel.exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default()).await?;
+            channel
+                .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
+                .await?;
         }
         let _ = connection.close(200, "bench done".into()).await;
         Ok(())
@@ -263,7 +295,10 @@ fn with_database(url: &str, database: &str) -> String {
 fn database_name(url: &str) -> String {
     let base = url.split('?').next().unwrap_or(url);
     let authority_end = base.find("://").map_or(0, |i| i + 3);
-    base[authority_end..].split_once('/').map(|(_, db)| db.to_owned()).unwrap_or_default()
+    base[authority_end..]
+        .split_once('/')
+        .map(|(_, db)| db.to_owned())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -272,8 +307,14 @@ mod tests {
 
     #[test]
     fn the_database_of_a_url_is_replaced_and_read() {
-        assert_eq!(with_database("postgres://u@h:5432/app", "x"), "postgres://u@h:5432/x");
-        assert_eq!(with_database("postgres://u@h/app?sslmode=disable", "x"), "postgres://u@h/x?sslmode=disable");
+        assert_eq!(
+            with_database("postgres://u@h:5432/app", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(
+            with_database("postgres://u@h/app?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
         assert_eq!(with_database("postgres://u@h", "x"), "postgres://u@h/x");
         assert_eq!(database_name("postgres://u@h:5432/app?a=b"), "app");
     }

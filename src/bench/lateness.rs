@@ -9,9 +9,9 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
+use super::Sizes;
 use super::env::BenchEnv;
 use super::load::{self, Api, Counters, Latency, Throughput};
-use super::Sizes;
 
 /// Requests in flight at most; past it the sender falls behind its schedule (and the
 /// achieved rate shows it).
@@ -48,7 +48,9 @@ pub struct LatenessReport {
 /// Creates the orders at the rate, waits for every cancel, reads the lateness.
 pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<LatenessReport> {
     if !env.starts_services() {
-        anyhow::bail!("the lateness phase needs a short ORDER_TIMEOUT: run it without --url, or leave it out of --phases");
+        anyhow::bail!(
+            "the lateness phase needs a short ORDER_TIMEOUT: run it without --url, or leave it out of --phases"
+        );
     }
     let timeout = Duration::from_millis(sizes.lateness_timeout_ms);
     let service = env.start(timeout).await?;
@@ -56,7 +58,11 @@ pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<LatenessReport
     let before = api.counters().await;
     let tag = env.tag("lateness");
     let create = create_at_rate(&api, &tag, sizes.lateness_orders, sizes.rate).await;
-    let bar = load::bar("lateness", "waiting for every cancel", sizes.lateness_orders);
+    let bar = load::bar(
+        "lateness",
+        "waiting for every cancel",
+        sizes.lateness_orders,
+    );
     let not_cancelled = env.wait_cancelled(&tag, timeout + GRACE, &bar).await?;
     bar.finish();
     let samples_ms: Vec<f64> = sqlx::query_scalar(
@@ -86,7 +92,11 @@ pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<LatenessReport
 /// the next request), and waits for the last answer. The throughput's window is the
 /// time it took to send them all, so its rate is the rate achieved.
 async fn create_at_rate(api: &Api, tag: &str, count: u64, rate: u64) -> Throughput {
-    let bar = load::bar("lateness", &format!("creating {count} orders at {rate}/s"), count);
+    let bar = load::bar(
+        "lateness",
+        &format!("creating {count} orders at {rate}/s"),
+        count,
+    );
     let period = Duration::from_secs_f64(1.0 / rate as f64);
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let tally = Arc::new(Mutex::new((load::histogram(), 0_u64, None::<String>)));
@@ -95,7 +105,9 @@ async fn create_at_rate(api: &Api, tag: &str, count: u64, rate: u64) -> Throughp
     for n in 0..count {
         let scheduled = started + period.mul_f64(n as f64);
         tokio::time::sleep_until(scheduled).await;
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
         let (api, tally, tag) = (api.clone(), tally.clone(), tag.clone());
         tokio::spawn(async move {
             let result = api.create_order(&tag).await;
@@ -119,7 +131,10 @@ async fn create_at_rate(api: &Api, tag: &str, count: u64, rate: u64) -> Throughp
     let seconds = started.elapsed().as_secs_f64();
     let _all_answered = in_flight.acquire_many(MAX_IN_FLIGHT as u32).await;
     bar.finish();
-    let (histogram, errors, first_error) = tally.lock().map(|t| t.clone()).unwrap_or_else(|_| (load::histogram(), 0, None));
+    let (histogram, errors, first_error) = tally
+        .lock()
+        .map(|t| t.clone())
+        .unwrap_or_else(|_| (load::histogram(), 0, None));
     Throughput {
         ops: histogram.len(),
         errors,
@@ -134,7 +149,10 @@ async fn create_at_rate(api: &Api, tag: &str, count: u64, rate: u64) -> Throughp
 pub fn histogram_of(samples_ms: &[f64]) -> hdrhistogram::Histogram<u64> {
     let mut histogram = load::histogram();
     for sample in samples_ms {
-        load::record(&mut histogram, Duration::from_secs_f64(sample.max(0.0) / 1000.0));
+        load::record(
+            &mut histogram,
+            Duration::from_secs_f64(sample.max(0.0) / 1000.0),
+        );
     }
     histogram
 }

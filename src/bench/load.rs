@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -35,12 +35,17 @@ impl Api {
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap_or_default();
-        Self { http, orders_url: format!("{base}/orders").into(), metrics_url: format!("{base}/metrics").into() }
+        Self {
+            http,
+            orders_url: format!("{base}/orders").into(),
+            metrics_url: format!("{base}/metrics").into(),
+        }
     }
 
     /// `POST /orders` for `customer`; the new order's id (from `Location`) on 201.
     pub async fn create_order(&self, customer: &str) -> anyhow::Result<Uuid> {
-        let body = format!(r#"{{"customer_id":"{customer}","amount_cents":1999,"currency":"EUR"}}"#);
+        let body =
+            format!(r#"{{"customer_id":"{customer}","amount_cents":1999,"currency":"EUR"}}"#);
         let response = self
             .http
             .post(&*self.orders_url)
@@ -58,7 +63,10 @@ impl Api {
         // Reading the body returns the connection to the pool.
         let body = response.bytes().await?;
         if status != reqwest::StatusCode::CREATED {
-            anyhow::bail!("POST /orders answered {status}: {}", String::from_utf8_lossy(&body));
+            anyhow::bail!(
+                "POST /orders answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
         }
         id.context("201 without a Location id")
     }
@@ -81,8 +89,12 @@ impl Counters {
     fn parse(text: &str) -> Self {
         let mut counters = BTreeMap::new();
         for line in text.lines().filter(|line| !line.starts_with('#')) {
-            let Some((series, value)) = line.rsplit_once(' ') else { continue };
-            let Ok(value) = value.parse::<f64>() else { continue };
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
             let name = series.split('{').next().unwrap_or(series);
             let key = match name {
                 "order_timeout_deliveries_total" => match label(series, "outcome") {
@@ -113,7 +125,11 @@ impl Counters {
 
 fn label<'a>(series: &'a str, name: &str) -> Option<&'a str> {
     let labels = series.split_once('{')?.1.trim_end_matches('}');
-    labels.split(',').find_map(|pair| pair.strip_prefix(name)?.strip_prefix("=\"")?.strip_suffix('"'))
+    labels.split(',').find_map(|pair| {
+        pair.strip_prefix(name)?
+            .strip_prefix("=\"")?
+            .strip_suffix('"')
+    })
 }
 
 /// Latency percentiles in milliseconds.
@@ -195,7 +211,12 @@ struct Tally {
 }
 
 /// Runs `op(n)` from `concurrency` workers until `stop`; `bar` follows the progress.
-pub async fn closed_loop<F, Fut>(concurrency: usize, stop: Stop, bar: &ProgressBar, op: F) -> Throughput
+pub async fn closed_loop<F, Fut>(
+    concurrency: usize,
+    stop: Stop,
+    bar: &ProgressBar,
+    op: F,
+) -> Throughput
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
@@ -205,18 +226,25 @@ where
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let (measure_from, end, total) = match stop {
-        Stop::Measure { warmup, measure } => (started + warmup, Some(started + warmup + measure), None),
+        Stop::Measure { warmup, measure } => {
+            (started + warmup, Some(started + warmup + measure), None)
+        }
         Stop::Count(total) => (started, None, Some(total)),
     };
     let workers: Vec<_> = (0..concurrency.max(1))
         .map(|_| {
             let (op, issued, done) = (op.clone(), issued.clone(), done.clone());
             tokio::spawn(async move {
-                let mut tally = Tally { histogram: histogram(), errors: 0, first_error: None };
+                let mut tally = Tally {
+                    histogram: histogram(),
+                    errors: 0,
+                    first_error: None,
+                };
                 loop {
                     let n = issued.fetch_add(1, Ordering::Relaxed);
                     let began = Instant::now();
-                    if total.is_some_and(|total| n >= total) || end.is_some_and(|end| began >= end) {
+                    if total.is_some_and(|total| n >= total) || end.is_some_and(|end| began >= end)
+                    {
                         return tally;
                     }
                     let result = op(n).await;
@@ -225,7 +253,9 @@ where
                             Ok(()) => record(&mut tally.histogram, began.elapsed()),
                             Err(error) => {
                                 tally.errors += 1;
-                                tally.first_error.get_or_insert_with(|| format!("{error:#}"));
+                                tally
+                                    .first_error
+                                    .get_or_insert_with(|| format!("{error:#}"));
                             }
                         }
                     }
@@ -235,7 +265,11 @@ where
         })
         .collect();
     let ticker = tokio::spawn(follow(bar.clone(), done.clone(), started, stop));
-    let mut all = Tally { histogram: histogram(), errors: 0, first_error: None };
+    let mut all = Tally {
+        histogram: histogram(),
+        errors: 0,
+        first_error: None,
+    };
     for worker in workers {
         if let Ok(tally) = worker.await {
             let _ = all.histogram.add(&tally.histogram);
@@ -269,7 +303,10 @@ async fn follow(bar: ProgressBar, done: Arc<AtomicU64>, started: Instant, stop: 
             Stop::Measure { .. } => bar.set_position(elapsed.as_millis() as u64),
             Stop::Count(_) => bar.set_position(count),
         }
-        bar.set_message(format!("{count} done, {:.0}/s", count as f64 / elapsed.as_secs_f64().max(1e-3)));
+        bar.set_message(format!(
+            "{count} done, {:.0}/s",
+            count as f64 / elapsed.as_secs_f64().max(1e-3)
+        ));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -279,8 +316,10 @@ async fn follow(bar: ProgressBar, done: Arc<AtomicU64>, started: Instant, stop: 
 pub fn bar(phase: &str, what: &str, len: u64) -> ProgressBar {
     eprintln!("bench: {phase}: {what}");
     let bar = ProgressBar::new(len);
-    let style = ProgressStyle::with_template("{prefix:>10} [{elapsed_precise}] {bar:40} {percent:>3}% {msg}")
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style = ProgressStyle::with_template(
+        "{prefix:>10} [{elapsed_precise}] {bar:40} {percent:>3}% {msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
     bar.set_prefix(phase.to_owned());
     bar

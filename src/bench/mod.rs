@@ -81,15 +81,28 @@ pub struct BenchArgs {
     /// PostgreSQL. Without --url only its server is used: a scratch database
     /// `ot_bench_<random>` is created there and dropped at the end. With --url it must be
     /// the service's own database.
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/order_timeout")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/order_timeout"
+    )]
     pub database_url: String,
 
     /// RabbitMQ (without --url: a scratch QUEUE_PREFIX is used there and deleted at the end).
-    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
     pub amqp_url: String,
 
     /// Which phases to run, comma-separated.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "create,lateness,burst,pending")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "create,lateness,burst,pending"
+    )]
     pub phases: Vec<Phase>,
 
     /// Small sizes that finish in seconds, for CI.
@@ -167,10 +180,16 @@ pub struct Sizes {
 
 impl Sizes {
     fn of(args: &BenchArgs) -> Self {
-        let pick = |given: Option<u64>, full: u64, tiny: u64| given.unwrap_or(if args.tiny { tiny } else { full });
+        let pick = |given: Option<u64>, full: u64, tiny: u64| {
+            given.unwrap_or(if args.tiny { tiny } else { full })
+        };
         let burst = pick(args.burst, 100_000, 2_000);
-        let lateness_timeout = args.lateness_timeout.unwrap_or(Duration::from_secs(if args.tiny { 1 } else { 2 }));
-        let burst_lead = args.burst_lead.unwrap_or(Duration::from_millis(3_000 + burst / 5));
+        let lateness_timeout = args
+            .lateness_timeout
+            .unwrap_or(Duration::from_secs(if args.tiny { 1 } else { 2 }));
+        let burst_lead = args
+            .burst_lead
+            .unwrap_or(Duration::from_millis(3_000 + burst / 5));
         Self {
             create_seconds: pick(args.create_seconds, 20, 2),
             concurrency: args.concurrency.unwrap_or(if args.tiny { 8 } else { 32 }),
@@ -188,9 +207,14 @@ impl Sizes {
 /// Runs the bench, writes its report, cleans up (also after a failure or Ctrl-C).
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let sizes = Sizes::of(&args);
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     let env = BenchEnv::prepare(&args, &sizes).await?;
-    eprintln!("bench: database {}, service {}", env.database_name(), env.describe_service());
+    eprintln!(
+        "bench: database {}, service {}",
+        env.database_name(),
+        env.describe_service()
+    );
     let outcome = tokio::select! {
         outcome = run_phases(&args, &sizes, &env) => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
@@ -198,7 +222,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     env.clean_up(args.keep).await;
     let report = outcome?;
     let json = args.out.join("report.json");
-    std::fs::write(&json, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", json.display()))?;
+    std::fs::write(&json, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("writing {}", json.display()))?;
     println!("{}", report.table());
     println!("report: {}", json.display());
     if let Some(lateness) = &report.lateness {

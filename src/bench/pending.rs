@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::Sizes;
 use super::env::{BenchEnv, LONG_TIMEOUT};
 use super::load::{self, Api, Stop, Throughput};
 use super::service::Memory;
-use super::Sizes;
 
 /// Pause before a memory reading, so in-flight work settles.
 const SETTLE: Duration = Duration::from_secs(2);
@@ -45,7 +45,14 @@ pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<PendingReport>
     let idle = service.memory();
     let tag: Arc<str> = env.tag("pending").into();
     let stop = Stop::Count(sizes.pending);
-    let bar = load::timed_bar("pending", &format!("creating {} pending orders, {} clients", sizes.pending, sizes.concurrency), stop);
+    let bar = load::timed_bar(
+        "pending",
+        &format!(
+            "creating {} pending orders, {} clients",
+            sizes.pending, sizes.concurrency
+        ),
+        stop,
+    );
     let client = api.clone();
     let fill = load::closed_loop(sizes.concurrency, stop, &bar, move |_| {
         let (client, tag) = (client.clone(), tag.clone());
@@ -55,9 +62,10 @@ pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<PendingReport>
     let drained = env.wait_outbox_drained(Duration::from_secs(600)).await?;
     tokio::time::sleep(SETTLE).await;
     let loaded = service.memory();
-    let pending_in_database: i64 = sqlx::query_scalar("select count(*) from orders where status = 'pending'")
-        .fetch_one(&env.pool)
-        .await?;
+    let pending_in_database: i64 =
+        sqlx::query_scalar("select count(*) from orders where status = 'pending'")
+            .fetch_one(&env.pool)
+            .await?;
     service.stop().await?;
     Ok(PendingReport {
         orders: sizes.pending,
@@ -65,7 +73,9 @@ pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<PendingReport>
         pending_in_database,
         outbox_drained_after_s: drained.map(|d| d.as_secs_f64()),
         measured: env.describe_service(),
-        growth_mib: idle.zip(loaded).map(|(idle, loaded)| loaded.rss_mib - idle.rss_mib),
+        growth_mib: idle
+            .zip(loaded)
+            .map(|(idle, loaded)| loaded.rss_mib - idle.rss_mib),
         idle,
         loaded,
     })

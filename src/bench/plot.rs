@@ -30,10 +30,23 @@ const P99: Rgb = [200, 40, 40];
 /// Writes the histogram of `samples_ms` to `path`.
 pub fn lateness_histogram(samples_ms: &[f64], path: &Path) -> anyhow::Result<()> {
     let mut canvas = Canvas::new();
-    let mut sorted: Vec<f64> = samples_ms.iter().copied().filter(|v| v.is_finite()).collect();
+    let mut sorted: Vec<f64> = samples_ms
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite())
+        .collect();
     sorted.sort_by(f64::total_cmp);
-    let quantile = |q: f64| sorted.get(((sorted.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0.0);
-    let (p50, p99, max) = (quantile(0.5), quantile(0.99), sorted.last().copied().unwrap_or(0.0));
+    let quantile = |q: f64| {
+        sorted
+            .get(((sorted.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let (p50, p99, max) = (
+        quantile(0.5),
+        quantile(0.99),
+        sorted.last().copied().unwrap_or(0.0),
+    );
     let x_max = nice_ceiling((quantile(0.999) * 1.2).max(1.0));
     let mut counts = [0_u64; BINS];
     let mut beyond = 0;
@@ -52,7 +65,13 @@ pub fn lateness_histogram(samples_ms: &[f64], path: &Path) -> anyhow::Result<()>
         let x0 = LEFT + bin * plot_w / BINS;
         let x1 = LEFT + (bin + 1) * plot_w / BINS;
         let h = (*count as f64 / y_max * plot_h as f64).round() as usize;
-        canvas.fill(x0 + 1, HEIGHT - BOTTOM - h, x1.saturating_sub(x0 + 1).max(1), h, BAR);
+        canvas.fill(
+            x0 + 1,
+            HEIGHT - BOTTOM - h,
+            x1.saturating_sub(x0 + 1).max(1),
+            h,
+            BAR,
+        );
     }
     for (value, color, name) in [(p50, MEDIAN, "P50"), (p99, P99, "P99")] {
         if value <= x_max {
@@ -61,9 +80,24 @@ pub fn lateness_histogram(samples_ms: &[f64], path: &Path) -> anyhow::Result<()>
             canvas.text(x + 4, TOP + 4, &format!("{name} {}", short(value)), color);
         }
     }
-    canvas.text(LEFT, 8, "LATENESS = CANCELLED_AT - EXPIRES_AT (DATABASE TIME)", BLACK);
-    let beyond = if beyond > 0 { format!(", {beyond} ABOVE {}", short(x_max)) } else { String::new() };
-    let figures = format!("N={}  P50={}  P99={}  MAX={} MS{beyond}", sorted.len(), short(p50), short(p99), short(max));
+    canvas.text(
+        LEFT,
+        8,
+        "LATENESS = CANCELLED_AT - EXPIRES_AT (DATABASE TIME)",
+        BLACK,
+    );
+    let beyond = if beyond > 0 {
+        format!(", {beyond} ABOVE {}", short(x_max))
+    } else {
+        String::new()
+    };
+    let figures = format!(
+        "N={}  P50={}  P99={}  MAX={} MS{beyond}",
+        sorted.len(),
+        short(p50),
+        short(p99),
+        short(max)
+    );
     canvas.text(LEFT, 30, &figures, BLACK);
     canvas.text(LEFT + plot_w / 2 - 60, HEIGHT - 25, "LATENESS (MS)", BLACK);
     canvas.text(8, TOP - 24, "ORDERS", BLACK);
@@ -73,12 +107,20 @@ pub fn lateness_histogram(samples_ms: &[f64], path: &Path) -> anyhow::Result<()>
 /// 1, 2 or 5 times a power of ten, at least `value`.
 fn nice_ceiling(value: f64) -> f64 {
     let power = 10_f64.powf(value.log10().floor());
-    [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * power).find(|v| *v >= value).unwrap_or(10.0 * power)
+    [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * power)
+        .find(|v| *v >= value)
+        .unwrap_or(10.0 * power)
 }
 
 /// A number as a short label: `3.4`, `25`, `1200`.
 fn short(value: f64) -> String {
-    if value < 10.0 { format!("{value:.1}") } else { format!("{value:.0}") }
+    if value < 10.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.0}")
+    }
 }
 
 struct Canvas {
@@ -87,7 +129,9 @@ struct Canvas {
 
 impl Canvas {
     fn new() -> Self {
-        Self { pixels: WHITE.repeat(WIDTH * HEIGHT) }
+        Self {
+            pixels: WHITE.repeat(WIDTH * HEIGHT),
+        }
     }
 
     fn fill(&mut self, x: usize, y: usize, w: usize, h: usize, color: Rgb) {
@@ -107,11 +151,21 @@ impl Canvas {
             let y = HEIGHT - BOTTOM - step * plot_h / 5;
             self.fill(LEFT, y, plot_w, 1, GREY);
             let label = format!("{:.0}", y_max * step as f64 / 5.0);
-            self.text(LEFT.saturating_sub(10 + label.len() * 6 * SCALE), y.saturating_sub(7), &label, BLACK);
+            self.text(
+                LEFT.saturating_sub(10 + label.len() * 6 * SCALE),
+                y.saturating_sub(7),
+                &label,
+                BLACK,
+            );
             let x = LEFT + step * plot_w / 5;
             self.fill(x, HEIGHT - BOTTOM, 1, 6, BLACK);
             let label = short(x_max * step as f64 / 5.0);
-            self.text(x.saturating_sub(label.len() * 3 * SCALE), HEIGHT - BOTTOM + 12, &label, BLACK);
+            self.text(
+                x.saturating_sub(label.len() * 3 * SCALE),
+                HEIGHT - BOTTOM + 12,
+                &label,
+                BLACK,
+            );
         }
         self.fill(LEFT, TOP, 1, plot_h, BLACK);
         self.fill(LEFT, HEIGHT - BOTTOM, plot_w, 1, BLACK);
@@ -123,7 +177,13 @@ impl Canvas {
             for (dy, bits) in rows.iter().enumerate() {
                 for dx in 0..5 {
                     if bits & (0b10000 >> dx) != 0 {
-                        self.fill(x + (i * 6 + dx) * SCALE, y + dy * SCALE, SCALE, SCALE, color);
+                        self.fill(
+                            x + (i * 6 + dx) * SCALE,
+                            y + dy * SCALE,
+                            SCALE,
+                            SCALE,
+                            color,
+                        );
                     }
                 }
             }

@@ -5,12 +5,12 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::Sizes;
 use super::burst::BurstReport;
 use super::create::CreateReport;
 use super::env::BenchEnv;
 use super::lateness::LatenessReport;
 use super::pending::PendingReport;
-use super::Sizes;
 
 /// The whole report.
 #[derive(Debug, Serialize)]
@@ -84,7 +84,10 @@ impl Report {
         if let Some(c) = &self.create {
             self.goals.push(Goal {
                 goal: "POST /orders >= 0.5x raw insert at 32 clients, p99 <= 20 ms",
-                measured: format!("{:.2}x ({:.0}/s vs {:.0}/s), p99 {:.1} ms", c.ratio, c.api.per_second, c.raw_insert.per_second, c.api.latency.p99_ms),
+                measured: format!(
+                    "{:.2}x ({:.0}/s vs {:.0}/s), p99 {:.1} ms",
+                    c.ratio, c.api.per_second, c.raw_insert.per_second, c.api.latency.p99_ms
+                ),
                 met: c.ratio >= 0.5 && c.api.latency.p99_ms <= 20.0,
                 at_goal_size: c.concurrency == 32,
             });
@@ -92,7 +95,10 @@ impl Report {
         if let Some(l) = &self.lateness {
             self.goals.push(Goal {
                 goal: "lateness p99 <= 50 ms at 1000 orders/s for 60 s",
-                measured: format!("p99 {:.1} ms at {:.0}/s for {:.0} s, {} not cancelled", l.lateness.p99_ms, l.achieved_rate, l.create.seconds, l.not_cancelled),
+                measured: format!(
+                    "p99 {:.1} ms at {:.0}/s for {:.0} s, {} not cancelled",
+                    l.lateness.p99_ms, l.achieved_rate, l.create.seconds, l.not_cancelled
+                ),
                 met: l.lateness.p99_ms <= 50.0 && l.not_cancelled == 0,
                 at_goal_size: l.target_rate >= 1000.0 && l.orders >= 60_000,
             });
@@ -100,7 +106,10 @@ impl Report {
         if let Some(b) = &self.burst {
             self.goals.push(Goal {
                 goal: "100,000 deadlines in one second all cancelled within 10 s",
-                measured: format!("{} cancelled {:.2} s after the second began, {} not cancelled", b.cancelled, b.all_cancelled_after_s, b.not_cancelled),
+                measured: format!(
+                    "{} cancelled {:.2} s after the second began, {} not cancelled",
+                    b.cancelled, b.all_cancelled_after_s, b.not_cancelled
+                ),
                 met: b.all_cancelled_after_s <= 10.0 && b.not_cancelled == 0,
                 at_goal_size: b.orders >= 100_000,
             });
@@ -109,10 +118,18 @@ impl Report {
             self.goals.push(Goal {
                 goal: "1,000,000 pending orders within 100 MB of idle memory",
                 measured: match (p.idle, p.loaded) {
-                    (Some(idle), Some(loaded)) => format!("{:.1} -> {:.1} MiB RSS (+{:.1}), peak {:.1} MiB", idle.rss_mib, loaded.rss_mib, loaded.rss_mib - idle.rss_mib, loaded.peak_mib),
+                    (Some(idle), Some(loaded)) => format!(
+                        "{:.1} -> {:.1} MiB RSS (+{:.1}), peak {:.1} MiB",
+                        idle.rss_mib,
+                        loaded.rss_mib,
+                        loaded.rss_mib - idle.rss_mib,
+                        loaded.peak_mib
+                    ),
                     _ => "memory not readable (no --pid)".into(),
                 },
-                met: p.growth_mib.is_some_and(|growth| growth * 1.048_576 <= 100.0),
+                met: p
+                    .growth_mib
+                    .is_some_and(|growth| growth * 1.048_576 <= 100.0),
                 at_goal_size: p.orders >= 1_000_000,
             });
         }
@@ -122,37 +139,114 @@ impl Report {
     pub fn table(&self) -> String {
         let mut out = String::new();
         let m = &self.machine;
-        let _ = writeln!(out, "\norder-timeout bench, {} CPUs ({}), PostgreSQL {}, synchronous_commit={}, service: {}", m.cpus, m.cpu_model, m.postgres, m.synchronous_commit, self.service);
-        let _ = writeln!(out, "{:<44} {:>12} {:>10} {:>10} {:>10}", "figure", "value", "p50 ms", "p99 ms", "max ms");
+        let _ = writeln!(
+            out,
+            "\norder-timeout bench, {} CPUs ({}), PostgreSQL {}, synchronous_commit={}, service: {}",
+            m.cpus, m.cpu_model, m.postgres, m.synchronous_commit, self.service
+        );
+        let _ = writeln!(
+            out,
+            "{:<44} {:>12} {:>10} {:>10} {:>10}",
+            "figure", "value", "p50 ms", "p99 ms", "max ms"
+        );
         let row = |out: &mut String, name: &str, value: String, l: &super::load::Latency| {
-            let _ = writeln!(out, "{name:<44} {value:>12} {:>10.2} {:>10.2} {:>10.2}", l.p50_ms, l.p99_ms, l.max_ms);
+            let _ = writeln!(
+                out,
+                "{name:<44} {value:>12} {:>10.2} {:>10.2} {:>10.2}",
+                l.p50_ms, l.p99_ms, l.max_ms
+            );
         };
         if let Some(c) = &self.create {
-            row(&mut out, &format!("create: POST /orders/s ({} clients)", c.concurrency), format!("{:.0}", c.api.per_second), &c.api.latency);
-            row(&mut out, &format!("create: raw INSERT/s (pool {})", c.pool_size), format!("{:.0}", c.raw_insert.per_second), &c.raw_insert.latency);
-            let _ = writeln!(out, "{:<44} {:>12}", "create: ratio API / raw", format!("{:.2}x", c.ratio));
+            row(
+                &mut out,
+                &format!("create: POST /orders/s ({} clients)", c.concurrency),
+                format!("{:.0}", c.api.per_second),
+                &c.api.latency,
+            );
+            row(
+                &mut out,
+                &format!("create: raw INSERT/s (pool {})", c.pool_size),
+                format!("{:.0}", c.raw_insert.per_second),
+                &c.raw_insert.latency,
+            );
+            let _ = writeln!(
+                out,
+                "{:<44} {:>12}",
+                "create: ratio API / raw",
+                format!("{:.2}x", c.ratio)
+            );
         }
         if let Some(l) = &self.lateness {
-            row(&mut out, &format!("lateness: create at {:.0}/s", l.achieved_rate), format!("{}", l.create.ops), &l.create.latency);
-            row(&mut out, &format!("lateness: cancelled_at - expires_at (p90 {:.1})", l.lateness.p90_ms), format!("{}", l.cancelled), &l.lateness);
+            row(
+                &mut out,
+                &format!("lateness: create at {:.0}/s", l.achieved_rate),
+                format!("{}", l.create.ops),
+                &l.create.latency,
+            );
+            row(
+                &mut out,
+                &format!(
+                    "lateness: cancelled_at - expires_at (p90 {:.1})",
+                    l.lateness.p90_ms
+                ),
+                format!("{}", l.cancelled),
+                &l.lateness,
+            );
         }
         if let Some(b) = &self.burst {
-            row(&mut out, &format!("burst: {} deadlines, lateness", b.orders), format!("{}", b.cancelled), &b.lateness);
-            let _ = writeln!(out, "{:<44} {:>12}", "burst: all cancelled after (s)", format!("{:.2}", b.all_cancelled_after_s));
-            let _ = writeln!(out, "{:<44} {:>12}", "burst: cancels/s", format!("{:.0}", b.cancels_per_second));
+            row(
+                &mut out,
+                &format!("burst: {} deadlines, lateness", b.orders),
+                format!("{}", b.cancelled),
+                &b.lateness,
+            );
+            let _ = writeln!(
+                out,
+                "{:<44} {:>12}",
+                "burst: all cancelled after (s)",
+                format!("{:.2}", b.all_cancelled_after_s)
+            );
+            let _ = writeln!(
+                out,
+                "{:<44} {:>12}",
+                "burst: cancels/s",
+                format!("{:.0}", b.cancels_per_second)
+            );
             let o = &b.broker_only;
-            let _ = writeln!(out, "{:<44} {:>12}", format!("burst: RabbitMQ alone, all delivered after (s)"), format!("{:.2}", o.all_delivered_after_s));
+            let _ = writeln!(
+                out,
+                "{:<44} {:>12}",
+                format!("burst: RabbitMQ alone, all delivered after (s)"),
+                format!("{:.2}", o.all_delivered_after_s)
+            );
         }
         if let Some(p) = &self.pending {
             if let (Some(idle), Some(loaded)) = (p.idle, p.loaded) {
-                let _ = writeln!(out, "{:<44} {:>12}", format!("pending: RSS idle -> {} pending (MiB)", p.pending_in_database), format!("{:.1} -> {:.1}", idle.rss_mib, loaded.rss_mib));
+                let _ = writeln!(
+                    out,
+                    "{:<44} {:>12}",
+                    format!(
+                        "pending: RSS idle -> {} pending (MiB)",
+                        p.pending_in_database
+                    ),
+                    format!("{:.1} -> {:.1}", idle.rss_mib, loaded.rss_mib)
+                );
             }
-            row(&mut out, "pending: fill, POST /orders/s", format!("{:.0}", p.fill.per_second), &p.fill.latency);
+            row(
+                &mut out,
+                "pending: fill, POST /orders/s",
+                format!("{:.0}", p.fill.per_second),
+                &p.fill.latency,
+            );
         }
         let _ = writeln!(out, "\ngoals:");
         for g in &self.goals {
             let verdict = if g.met { "met" } else { "MISSED" };
-            let size = if g.at_goal_size { "" } else { " (not at the goal's size)" };
+            let size = if g.at_goal_size {
+                ""
+            } else {
+                " (not at the goal's size)"
+            };
             let _ = writeln!(out, "  {verdict:<6} {}: {}{size}", g.goal, g.measured);
         }
         out
@@ -171,12 +265,22 @@ impl Machine {
                 .unwrap_or_default()
         };
         let setting = |name: &'static str| async move {
-            sqlx::query_scalar::<_, String>(name).fetch_one(&env.pool).await.unwrap_or_default()
+            sqlx::query_scalar::<_, String>(name)
+                .fetch_one(&env.pool)
+                .await
+                .unwrap_or_default()
         };
         Self {
-            cpus: std::thread::available_parallelism().map(usize::from).unwrap_or(1),
+            cpus: std::thread::available_parallelism()
+                .map(usize::from)
+                .unwrap_or(1),
             cpu_model: field(&cpuinfo, "model name"),
-            memory_mib: field(&meminfo, "MemTotal").trim_end_matches(" kB").trim().parse::<u64>().unwrap_or(0) / 1024,
+            memory_mib: field(&meminfo, "MemTotal")
+                .trim_end_matches(" kB")
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0)
+                / 1024,
             postgres: setting("show server_version").await,
             synchronous_commit: setting("show synchronous_commit").await,
         }

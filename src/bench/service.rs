@@ -32,7 +32,10 @@ pub struct Service {
 
 enum Kind {
     Child(Child),
-    InProcess { shutdown: CancellationToken, task: JoinHandle<anyhow::Result<()>> },
+    InProcess {
+        shutdown: CancellationToken,
+        task: JoinHandle<anyhow::Result<()>>,
+    },
     External,
 }
 
@@ -49,23 +52,39 @@ impl Service {
     /// Runs `order-timeout serve` (this executable) with `config` in its environment and
     /// its output appended to `log`.
     pub async fn spawn_child(config: Config, log: &Path) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let log_file = OpenOptions::new().create(true).append(true).open(log).with_context(|| format!("opening {}", log.display()))?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let log_file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
         let child = Command::new(std::env::current_exe()?)
             .arg("serve")
             .env("DATABASE_URL", &config.database_url)
             .env("AMQP_URL", &config.amqp_url)
             .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("QUEUE_PREFIX", &config.queue_prefix)
-            .env("ORDER_TIMEOUT", format!("{}ms", config.order_timeout.as_millis()))
+            .env(
+                "ORDER_TIMEOUT",
+                format!("{}ms", config.order_timeout.as_millis()),
+            )
             .env("DATABASE_POOL_SIZE", config.database_pool_size.to_string())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
             .spawn()
             .context("starting `order-timeout serve`")?;
-        let mut service = Self { url: format!("http://127.0.0.1:{port}"), pid: Some(child.id()), kind: Kind::Child(child) };
-        service.wait_ready().await.with_context(|| format!("the service did not become ready; see {}", log.display()))?;
+        let mut service = Self {
+            url: format!("http://127.0.0.1:{port}"),
+            pid: Some(child.id()),
+            kind: Kind::Child(child),
+        };
+        service
+            .wait_ready()
+            .await
+            .with_context(|| format!("the service did not become ready; see {}", log.display()))?;
         Ok(service)
     }
 
@@ -76,14 +95,22 @@ impl Service {
         let url = format!("http://{}", app.address());
         let shutdown = app.shutdown_token();
         let task = tokio::spawn(app.run_until_stopped());
-        let mut service = Self { url, pid: Some(std::process::id()), kind: Kind::InProcess { shutdown, task } };
+        let mut service = Self {
+            url,
+            pid: Some(std::process::id()),
+            kind: Kind::InProcess { shutdown, task },
+        };
         service.wait_ready().await?;
         Ok(service)
     }
 
     /// A service someone else runs.
     pub fn external(url: &str, pid: Option<u32>) -> Self {
-        Self { url: url.to_owned(), pid, kind: Kind::External }
+        Self {
+            url: url.to_owned(),
+            pid,
+            kind: Kind::External,
+        }
     }
 
     /// The resident memory of the service's process, when it is known.
@@ -94,7 +121,10 @@ impl Service {
             let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
             Some(kib / 1024.0)
         };
-        Some(Memory { rss_mib: field("VmRSS:")?, peak_mib: field("VmHWM:")? })
+        Some(Memory {
+            rss_mib: field("VmRSS:")?,
+            peak_mib: field("VmHWM:")?,
+        })
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
@@ -107,7 +137,11 @@ impl Service {
                     anyhow::bail!("the service exited with {status}");
                 }
             }
-            let ready = client.get(&readyz).send().await.is_ok_and(|r| r.status().is_success());
+            let ready = client
+                .get(&readyz)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
             if ready {
                 return Ok(());
             }
@@ -122,7 +156,10 @@ impl Service {
     pub async fn stop(mut self) -> anyhow::Result<()> {
         match std::mem::replace(&mut self.kind, Kind::External) {
             Kind::Child(mut child) => {
-                let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+                let _ = Command::new("kill")
+                    .arg("-TERM")
+                    .arg(child.id().to_string())
+                    .status();
                 let started = Instant::now();
                 while child.try_wait()?.is_none() {
                     if started.elapsed() > STOP_TIMEOUT {

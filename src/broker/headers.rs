@@ -24,7 +24,13 @@ const BROKER_OWNED: [&str; 7] = [
 /// Converts headers to JSON: numbers stay numbers, byte strings become text when UTF-8
 /// and an array of bytes otherwise.
 pub fn to_json(table: &FieldTable) -> Value {
-    Value::Object(table.inner().iter().map(|(k, v)| (k.to_string(), value_to_json(v))).collect())
+    Value::Object(
+        table
+            .inner()
+            .iter()
+            .map(|(k, v)| (k.to_string(), value_to_json(v)))
+            .collect(),
+    )
 }
 
 fn value_to_json(value: &AMQPValue) -> Value {
@@ -63,7 +69,8 @@ pub fn from_json_for_requeue(headers: &Value) -> FieldTable {
     let mut table = FieldTable::default();
     if let Value::Object(map) = headers {
         for (key, value) in map {
-            if key == RETRY_COUNT || key == FIRST_FAILED_AT || BROKER_OWNED.contains(&key.as_str()) {
+            if key == RETRY_COUNT || key == FIRST_FAILED_AT || BROKER_OWNED.contains(&key.as_str())
+            {
                 continue;
             }
             table.insert(key.as_str().into(), json_to_value(value));
@@ -81,7 +88,9 @@ fn json_to_value(value: &Value) -> AMQPValue {
             None => AMQPValue::Double(n.as_f64().unwrap_or_default()),
         },
         Value::String(s) => long_string(s),
-        Value::Array(items) => AMQPValue::FieldArray(FieldArray::from(items.iter().map(json_to_value).collect::<Vec<_>>())),
+        Value::Array(items) => AMQPValue::FieldArray(FieldArray::from(
+            items.iter().map(json_to_value).collect::<Vec<_>>(),
+        )),
         Value::Object(map) => AMQPValue::FieldTable(object_to_table(map)),
     }
 }
@@ -123,7 +132,10 @@ mod tests {
         let mut table = FieldTable::default();
         table.insert("x-tenant".into(), long_string("acme"));
         table.insert("x-retry-count".into(), AMQPValue::LongLongInt(3));
-        table.insert("x-death".into(), AMQPValue::FieldArray(FieldArray::default()));
+        table.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(FieldArray::default()),
+        );
         table.insert("n".into(), AMQPValue::LongInt(7));
         let json = to_json(&table);
         assert_eq!(json["x-tenant"], "acme");
@@ -136,7 +148,10 @@ mod tests {
     #[test]
     fn non_utf8_header_bytes_are_kept_as_numbers() {
         let mut table = FieldTable::default();
-        table.insert("raw".into(), AMQPValue::LongString(LongString::from(vec![0xff, 0x00])));
+        table.insert(
+            "raw".into(),
+            AMQPValue::LongString(LongString::from(vec![0xff, 0x00])),
+        );
         assert_eq!(to_json(&table)["raw"], serde_json::json!([255, 0]));
     }
 }

@@ -9,12 +9,12 @@ pub mod topology;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use lapin::options::BasicPublishOptions;
 use lapin::Confirmation;
+use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::watch;
 
-pub use supervisor::{supervise, SupervisorError};
+pub use supervisor::{SupervisorError, supervise};
 pub use topology::{QueueType, Topology};
 
 /// A live connection with a publishing channel in confirm mode.
@@ -83,7 +83,10 @@ impl Broker {
     /// A handle with no session yet; `supervise` connects it.
     pub fn new(topology: Topology) -> Self {
         let (session, _) = watch::channel(None);
-        Self { topology: Arc::new(topology), session: Arc::new(session) }
+        Self {
+            topology: Arc::new(topology),
+            session: Arc::new(session),
+        }
     }
 
     /// The names of the topology.
@@ -98,11 +101,17 @@ impl Broker {
 
     /// True while a connection is up.
     pub fn is_connected(&self) -> bool {
-        self.session.borrow().as_ref().is_some_and(|s| s.connection.status().connected())
+        self.session
+            .borrow()
+            .as_ref()
+            .is_some_and(|s| s.connection.status().connected())
     }
 
     fn current(&self) -> Result<Session, PublishError> {
-        self.session.borrow().clone().ok_or(PublishError::NotConnected)
+        self.session
+            .borrow()
+            .clone()
+            .ok_or(PublishError::NotConnected)
     }
 
     /// Publishes every message (pipelined), then waits for every confirm. Succeeds only
@@ -123,7 +132,10 @@ impl Broker {
             session.publisher.basic_publish(
                 message.exchange.into(),
                 message.routing_key.into(),
-                BasicPublishOptions { mandatory: message.mandatory, ..Default::default() },
+                BasicPublishOptions {
+                    mandatory: message.mandatory,
+                    ..Default::default()
+                },
                 message.body,
                 message.properties.clone(),
             )
@@ -146,7 +158,12 @@ impl Broker {
     /// other instances configured appear in the outbox too).
     pub async fn ensure_cache_queue(&self, bucket: &str) -> Result<(), PublishError> {
         let session = self.current()?;
-        if session.declared_buckets.lock().map(|set| set.contains(bucket)).unwrap_or(false) {
+        if session
+            .declared_buckets
+            .lock()
+            .map(|set| set.contains(bucket))
+            .unwrap_or(false)
+        {
             return Ok(());
         }
         // A separate channel: a failed declare closes its channel, not the publisher's.

@@ -114,13 +114,19 @@ async fn connect(broker: &Broker, url: &str) -> Result<Session, lapin::Error> {
 
 async fn publisher_channel(connection: &Connection) -> Result<Channel, lapin::Error> {
     let channel = connection.create_channel().await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     Ok(channel)
 }
 
 /// Waits until the connection is lost (or shutdown), replacing the publishing channel
 /// if a channel-level error closed it. Returns why the connection ended.
-async fn watch_session(broker: &Broker, mut session: Session, shutdown: &CancellationToken) -> String {
+async fn watch_session(
+    broker: &Broker,
+    mut session: Session,
+    shutdown: &CancellationToken,
+) -> String {
     let mut events = session.connection.events_listener();
     let mut tick = tokio::time::interval(HEALTH_CHECK);
     loop {

@@ -47,16 +47,32 @@ pub struct Topology {
 
 impl Topology {
     /// Derives every name from the prefix; levels reach the longest timeout.
-    pub fn new(prefix: &str, timeouts: &[(EntityKind, Duration)], retry_delays: &[Duration], queue_type: QueueType) -> Self {
-        let longest = timeouts.iter().map(|(_, t)| t.as_millis() as u64).max().unwrap_or(1).max(1024);
-        let levels_ms = (0..63).map(|exp| 1u64 << exp).take_while(|level| *level <= longest).collect();
+    pub fn new(
+        prefix: &str,
+        timeouts: &[(EntityKind, Duration)],
+        retry_delays: &[Duration],
+        queue_type: QueueType,
+    ) -> Self {
+        let longest = timeouts
+            .iter()
+            .map(|(_, t)| t.as_millis() as u64)
+            .max()
+            .unwrap_or(1)
+            .max(1024);
+        let levels_ms = (0..63)
+            .map(|exp| 1u64 << exp)
+            .take_while(|level| *level <= longest)
+            .collect();
         Self {
             prefix: prefix.to_owned(),
             delay_exchange: format!("{prefix}.delay"),
             events_exchange: format!("{prefix}.events"),
             due_queue: format!("{prefix}.due"),
             parking_queue: format!("{prefix}.parking"),
-            buckets: timeouts.iter().map(|(kind, t)| (*kind, t.as_millis() as u64)).collect(),
+            buckets: timeouts
+                .iter()
+                .map(|(kind, t)| (*kind, t.as_millis() as u64))
+                .collect(),
             retry_delays_ms: retry_delays.iter().map(|d| d.as_millis() as u64).collect(),
             levels_ms,
             queue_type,
@@ -80,13 +96,22 @@ impl Topology {
 
     /// The largest level not longer than `ms_left` (at least the shortest level).
     pub fn level_for(&self, ms_left: u64) -> u64 {
-        self.levels_ms.iter().copied().rev().find(|level| *level <= ms_left).unwrap_or(1)
+        self.levels_ms
+            .iter()
+            .copied()
+            .rev()
+            .find(|level| *level <= ms_left)
+            .unwrap_or(1)
     }
 
     /// Every queue this topology declares, for inspection and clean-up.
     pub fn all_queues(&self) -> Vec<String> {
         let mut queues = vec![self.due_queue.clone(), self.parking_queue.clone()];
-        queues.extend(self.buckets.iter().map(|(kind, ms)| self.cache_queue(&format!("{}.{ms}", kind.as_str()))));
+        queues.extend(
+            self.buckets
+                .iter()
+                .map(|(kind, ms)| self.cache_queue(&format!("{}.{ms}", kind.as_str()))),
+        );
         queues.extend(self.retry_delays_ms.iter().map(|ms| self.retry_queue(*ms)));
         queues.extend(self.levels_ms.iter().map(|ms| self.level_queue(*ms)));
         queues
@@ -94,10 +119,28 @@ impl Topology {
 
     /// Declares exchanges, queues and bindings; idempotent, run on every (re)connect.
     pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
-        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
-        channel.exchange_declare(self.delay_exchange.as_str().into(), ExchangeKind::Direct, durable, FieldTable::default()).await?;
-        channel.exchange_declare(self.events_exchange.as_str().into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
-        self.declare_queue(channel, &self.due_queue, QueueArgs::Plain).await?;
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .exchange_declare(
+                self.delay_exchange.as_str().into(),
+                ExchangeKind::Direct,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .exchange_declare(
+                self.events_exchange.as_str().into(),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        self.declare_queue(channel, &self.due_queue, QueueArgs::Plain)
+            .await?;
         channel
             .queue_bind(
                 self.due_queue.as_str().into(),
@@ -107,27 +150,54 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        self.declare_queue(channel, &self.parking_queue, QueueArgs::Plain).await?;
+        self.declare_queue(channel, &self.parking_queue, QueueArgs::Plain)
+            .await?;
         for (kind, ms) in &self.buckets {
-            self.declare_cache_queue(channel, &format!("{}.{ms}", kind.as_str())).await?;
+            self.declare_cache_queue(channel, &format!("{}.{ms}", kind.as_str()))
+                .await?;
         }
         for ms in &self.retry_delays_ms {
-            self.declare_queue(channel, &self.retry_queue(*ms), QueueArgs::DeadLetterAfter(Some(*ms))).await?;
+            self.declare_queue(
+                channel,
+                &self.retry_queue(*ms),
+                QueueArgs::DeadLetterAfter(Some(*ms)),
+            )
+            .await?;
         }
         for ms in &self.levels_ms {
-            self.declare_queue(channel, &self.level_queue(*ms), QueueArgs::DeadLetterAfter(Some(*ms))).await?;
+            self.declare_queue(
+                channel,
+                &self.level_queue(*ms),
+                QueueArgs::DeadLetterAfter(Some(*ms)),
+            )
+            .await?;
         }
         Ok(())
     }
 
     /// Declares the cache queue of one bucket: per-message TTL, dead-lettering to the due queue.
     pub async fn declare_cache_queue(&self, channel: &Channel, bucket: &str) -> lapin::Result<()> {
-        self.declare_queue(channel, &self.cache_queue(bucket), QueueArgs::DeadLetterAfter(None)).await
+        self.declare_queue(
+            channel,
+            &self.cache_queue(bucket),
+            QueueArgs::DeadLetterAfter(None),
+        )
+        .await
     }
 
-    async fn declare_queue(&self, channel: &Channel, name: &str, args: QueueArgs) -> lapin::Result<()> {
-        let options = QueueDeclareOptions { durable: true, ..Default::default() };
-        channel.queue_declare(name.into(), options, self.queue_arguments(args)).await?;
+    async fn declare_queue(
+        &self,
+        channel: &Channel,
+        name: &str,
+        args: QueueArgs,
+    ) -> lapin::Result<()> {
+        let options = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .queue_declare(name.into(), options, self.queue_arguments(args))
+            .await?;
         Ok(())
     }
 
@@ -177,7 +247,10 @@ mod tests {
     fn topology() -> Topology {
         Topology::new(
             "p",
-            &[(EntityKind::Order, Duration::from_secs(2)), (EntityKind::Waybill, Duration::from_secs(3))],
+            &[
+                (EntityKind::Order, Duration::from_secs(2)),
+                (EntityKind::Waybill, Duration::from_secs(3)),
+            ],
             &[Duration::from_secs(1), Duration::from_secs(5)],
             QueueType::Classic,
         )

@@ -18,7 +18,10 @@ pub struct FieldError {
 impl FieldError {
     /// A field error for `field`.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -42,10 +45,16 @@ impl RequiredText {
             return Err(FieldError::new(field, "must not be empty"));
         }
         if text.chars().count() > MAX_TEXT {
-            return Err(FieldError::new(field, format!("must be at most {MAX_TEXT} characters")));
+            return Err(FieldError::new(
+                field,
+                format!("must be at most {MAX_TEXT} characters"),
+            ));
         }
         if text.chars().any(char::is_control) {
-            return Err(FieldError::new(field, "must not contain control characters"));
+            return Err(FieldError::new(
+                field,
+                "must not contain control characters",
+            ));
         }
         Ok(Self(text.to_owned()))
     }
@@ -72,11 +81,16 @@ impl Currency {
     /// Parses the JSON value of `field`.
     pub fn parse(field: &str, value: Option<&Value>) -> Result<Self, FieldError> {
         match value {
-            Some(Value::String(code)) if code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase()) => {
+            Some(Value::String(code))
+                if code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase()) =>
+            {
                 Ok(Self(code.clone()))
             }
             None | Some(Value::Null) => Err(FieldError::new(field, "is required")),
-            Some(_) => Err(FieldError::new(field, "must be an ISO-4217 code of three upper-case letters")),
+            Some(_) => Err(FieldError::new(
+                field,
+                "must be an ISO-4217 code of three upper-case letters",
+            )),
         }
     }
 
@@ -98,7 +112,10 @@ impl Money {
             None | Some(Value::Null) => Err(FieldError::new(field, "is required")),
             Some(Value::Number(n)) => match n.as_i64() {
                 Some(cents) if cents > 0 => Ok(Self(cents)),
-                _ => Err(FieldError::new(field, "must be an integer greater than 0 and below 2^63")),
+                _ => Err(FieldError::new(
+                    field,
+                    "must be an integer greater than 0 and below 2^63",
+                )),
             },
             Some(_) => Err(FieldError::new(field, "must be an integer number of cents")),
         }
@@ -138,7 +155,10 @@ impl Items {
             Some(_) => return Err(FieldError::new(field, "must be a list of items")),
         };
         if list.is_empty() || list.len() > MAX_ITEMS {
-            return Err(FieldError::new(field, format!("must hold 1 to {MAX_ITEMS} items when given")));
+            return Err(FieldError::new(
+                field,
+                format!("must hold 1 to {MAX_ITEMS} items when given"),
+            ));
         }
         let items = list
             .iter()
@@ -151,7 +171,9 @@ impl Items {
     /// The sum of quantity × unit price, or `None` when it overflows.
     pub fn total_cents(&self) -> Option<i64> {
         self.0.iter().try_fold(0i64, |sum, item| {
-            item.quantity.checked_mul(item.unit_price_cents).and_then(|line| sum.checked_add(line))
+            item.quantity
+                .checked_mul(item.unit_price_cents)
+                .and_then(|line| sum.checked_add(line))
         })
     }
 
@@ -163,27 +185,50 @@ impl Items {
 
 fn parse_item(path: &str, value: &Value) -> Result<LineItem, FieldError> {
     let Value::Object(item) = value else {
-        return Err(FieldError::new(path, "must be an object with sku, quantity, unit_price_cents"));
+        return Err(FieldError::new(
+            path,
+            "must be an object with sku, quantity, unit_price_cents",
+        ));
     };
-    if let Some(unknown) = item.keys().find(|k| !matches!(k.as_str(), "sku" | "quantity" | "unit_price_cents")) {
-        return Err(FieldError::new(format!("{path}.{unknown}"), "is not a known field"));
+    if let Some(unknown) = item
+        .keys()
+        .find(|k| !matches!(k.as_str(), "sku" | "quantity" | "unit_price_cents"))
+    {
+        return Err(FieldError::new(
+            format!("{path}.{unknown}"),
+            "is not a known field",
+        ));
     }
     let sku = RequiredText::parse(&format!("{path}.sku"), item.get("sku"))?;
     let quantity = positive_int(&format!("{path}.quantity"), item.get("quantity"), 1)?;
-    let unit_price_cents = positive_int(&format!("{path}.unit_price_cents"), item.get("unit_price_cents"), 0)?;
-    Ok(LineItem { sku, quantity, unit_price_cents })
+    let unit_price_cents = positive_int(
+        &format!("{path}.unit_price_cents"),
+        item.get("unit_price_cents"),
+        0,
+    )?;
+    Ok(LineItem {
+        sku,
+        quantity,
+        unit_price_cents,
+    })
 }
 
 fn positive_int(field: &str, value: Option<&Value>, min: i64) -> Result<i64, FieldError> {
     match value.and_then(Value::as_i64) {
         Some(n) if n >= min => Ok(n),
         _ if value.is_none() => Err(FieldError::new(field, "is required")),
-        _ => Err(FieldError::new(field, format!("must be an integer of at least {min}"))),
+        _ => Err(FieldError::new(
+            field,
+            format!("must be an integer of at least {min}"),
+        )),
     }
 }
 
 /// Rejects fields a client sent that we do not know, so a typo is not silently ignored.
-pub fn reject_unknown(body: &serde_json::Map<String, Value>, known: &[&str]) -> Result<(), FieldError> {
+pub fn reject_unknown(
+    body: &serde_json::Map<String, Value>,
+    known: &[&str],
+) -> Result<(), FieldError> {
     match body.keys().find(|k| !known.contains(&k.as_str())) {
         Some(unknown) => Err(FieldError::new(unknown.as_str(), "is not a known field")),
         None => Ok(()),
@@ -206,8 +251,17 @@ mod tests {
 
     #[test]
     fn money_is_a_positive_integer() {
-        assert_eq!(Money::parse("amount_cents", Some(&json!(1))).map(Money::cents), Ok(1));
-        for bad in [json!(0), json!(-5), json!(1.5), json!("10"), json!(u64::MAX)] {
+        assert_eq!(
+            Money::parse("amount_cents", Some(&json!(1))).map(Money::cents),
+            Ok(1)
+        );
+        for bad in [
+            json!(0),
+            json!(-5),
+            json!(1.5),
+            json!("10"),
+            json!(u64::MAX),
+        ] {
             assert!(Money::parse("amount_cents", Some(&bad)).is_err(), "{bad}");
         }
     }
@@ -228,7 +282,12 @@ mod tests {
 
     #[test]
     fn text_is_trimmed_and_bounded() {
-        assert_eq!(RequiredText::parse("f", Some(&json!("  x "))).unwrap().as_str(), "x");
+        assert_eq!(
+            RequiredText::parse("f", Some(&json!("  x ")))
+                .unwrap()
+                .as_str(),
+            "x"
+        );
         assert!(RequiredText::parse("f", Some(&json!("   "))).is_err());
         assert!(RequiredText::parse("f", Some(&json!("a\u{0}b"))).is_err());
         assert!(RequiredText::parse("f", Some(&json!("x".repeat(201)))).is_err());

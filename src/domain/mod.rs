@@ -6,9 +6,11 @@ mod fields;
 mod order;
 mod waybill;
 
-pub use fields::{CarrierId, Currency, CustomerId, FieldError, Items, LineItem, Money, Place, RequiredText};
+pub use fields::{
+    CarrierId, Currency, CustomerId, FieldError, Items, LineItem, Money, Place, RequiredText,
+};
 pub use order::{NewOrder, Order, OrderStatus};
-pub use waybill::{parse_acceptance, NewWaybill, Waybill, WaybillStatus};
+pub use waybill::{NewWaybill, Waybill, WaybillStatus, parse_acceptance};
 
 use serde::{Deserialize, Serialize};
 

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::fields::{reject_unknown, Currency, CustomerId, FieldError, Items, LineItem, Money};
+use super::fields::{Currency, CustomerId, FieldError, Items, LineItem, Money, reject_unknown};
 
 /// Where an order is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
@@ -27,7 +27,10 @@ impl OrderStatus {
             "pending" => Ok(Self::Pending),
             "paid" => Ok(Self::Paid),
             "cancelled" => Ok(Self::Cancelled),
-            _ => Err(FieldError::new("status", "must be one of pending, paid, cancelled")),
+            _ => Err(FieldError::new(
+                "status",
+                "must be one of pending, paid, cancelled",
+            )),
         }
     }
 }
@@ -79,7 +82,10 @@ impl NewOrder {
         let Value::Object(fields) = body else {
             return Err(FieldError::new("body", "must be a JSON object"));
         };
-        reject_unknown(fields, &["customer_id", "amount_cents", "currency", "items"])?;
+        reject_unknown(
+            fields,
+            &["customer_id", "amount_cents", "currency", "items"],
+        )?;
         let order = Self {
             customer_id: CustomerId::parse("customer_id", fields.get("customer_id"))?,
             amount_cents: Money::parse("amount_cents", fields.get("amount_cents"))?,
@@ -88,7 +94,10 @@ impl NewOrder {
         };
         if let Some(items) = &order.items {
             if items.total_cents() != Some(order.amount_cents.cents()) {
-                return Err(FieldError::new("items", "quantity × unit_price_cents must sum to amount_cents"));
+                return Err(FieldError::new(
+                    "items",
+                    "quantity × unit_price_cents must sum to amount_cents",
+                ));
             }
         }
         Ok(order)

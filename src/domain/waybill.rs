@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::fields::{reject_unknown, CarrierId, FieldError, Place};
+use super::fields::{CarrierId, FieldError, Place, reject_unknown};
 
 /// Where a waybill is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
@@ -27,7 +27,10 @@ impl WaybillStatus {
             "pending" => Ok(Self::Pending),
             "accepted" => Ok(Self::Accepted),
             "cancelled" => Ok(Self::Cancelled),
-            _ => Err(FieldError::new("status", "must be one of pending, accepted, cancelled")),
+            _ => Err(FieldError::new(
+                "status",
+                "must be one of pending, accepted, cancelled",
+            )),
         }
     }
 }
@@ -79,9 +82,9 @@ impl NewWaybill {
         reject_unknown(fields, &["order_id", "origin", "destination"])?;
         let order_id = match fields.get("order_id") {
             None | Some(Value::Null) => None,
-            Some(Value::String(id)) => {
-                Some(Uuid::parse_str(id).map_err(|_| FieldError::new("order_id", "must be a UUID"))?)
-            }
+            Some(Value::String(id)) => Some(
+                Uuid::parse_str(id).map_err(|_| FieldError::new("order_id", "must be a UUID"))?,
+            ),
             Some(_) => return Err(FieldError::new("order_id", "must be a UUID string")),
         };
         Ok(Self {

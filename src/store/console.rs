@@ -109,7 +109,9 @@ pub async fn failed_counts(pool: &PgPool) -> Result<Vec<FailedCount>, StoreError
 
 /// Upper bounds (milliseconds, exclusive) of the lateness histogram's buckets; the last
 /// bucket is everything from the last bound on.
-pub const LATENESS_BOUNDS_MS: [f64; 9] = [100.0, 250.0, 500.0, 1_000.0, 2_000.0, 5_000.0, 10_000.0, 30_000.0, 60_000.0];
+pub const LATENESS_BOUNDS_MS: [f64; 9] = [
+    100.0, 250.0, 500.0, 1_000.0, 2_000.0, 5_000.0, 10_000.0, 30_000.0, 60_000.0,
+];
 
 /// How late timeout cancels came, `cancelled_at - expires_at`, over a recent window.
 #[derive(Debug, Clone, Serialize)]
@@ -191,7 +193,11 @@ pub async fn lateness(pool: &PgPool, window_seconds: i64) -> Result<Lateness, St
         .iter()
         .enumerate()
         .map(|(i, count)| LatenessBucket {
-            from_ms: if i == 0 { 0.0 } else { LATENESS_BOUNDS_MS[i - 1] },
+            from_ms: if i == 0 {
+                0.0
+            } else {
+                LATENESS_BOUNDS_MS[i - 1]
+            },
             to_ms: LATENESS_BOUNDS_MS.get(i).copied(),
             count: *count,
         })
@@ -222,7 +228,11 @@ pub struct DeadlineState {
 }
 
 /// The deadline state of one entity of `table` (`orders` or `waybills`).
-pub async fn deadline_state(pool: &PgPool, table: Table, id: Uuid) -> Result<Option<DeadlineState>, StoreError> {
+pub async fn deadline_state(
+    pool: &PgPool,
+    table: Table,
+    id: Uuid,
+) -> Result<Option<DeadlineState>, StoreError> {
     let sql = match table {
         Table::Orders => {
             "select expires_at <= now() as expired,
@@ -266,7 +276,10 @@ pub struct OutboxEntry {
 
 /// The outbox rows of an entity in the order they were written. Published rows are
 /// pruned after the outbox retention, so an old entity's history can be empty.
-pub async fn outbox_history(pool: &PgPool, entity_id: Uuid) -> Result<Vec<OutboxEntry>, StoreError> {
+pub async fn outbox_history(
+    pool: &PgPool,
+    entity_id: Uuid,
+) -> Result<Vec<OutboxEntry>, StoreError> {
     Ok(sqlx::query_as(
         "select id, topic, routing_key, due_at, created_at, published_at
          from outbox where entity_id = $1 order by id",

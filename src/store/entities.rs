@@ -11,9 +11,9 @@ use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, FromRow, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
+use super::StoreError;
 use super::idempotency::{self, Claim, IdempotencyKey};
 use super::outbox::{self, NewRow};
-use super::StoreError;
 use crate::domain::{EntityKind, NewOrder, NewWaybill, Order, Waybill};
 
 /// A stored entity with a deadline: what the generic queries need to know about it.
@@ -70,7 +70,12 @@ pub trait NewEntity: Sync {
 
 impl NewEntity for NewOrder {
     type Entity = Order;
-    async fn insert(&self, conn: &mut PgConnection, id: Uuid, timeout: Duration) -> Result<Order, StoreError> {
+    async fn insert(
+        &self,
+        conn: &mut PgConnection,
+        id: Uuid,
+        timeout: Duration,
+    ) -> Result<Order, StoreError> {
         static SQL: LazyLock<String> = LazyLock::new(|| {
             outbox::with_outbox(
                 EntityKind::Order,
@@ -82,7 +87,10 @@ impl NewEntity for NewOrder {
                 "*",
             )
         });
-        let items = self.items.as_ref().map(|items| sqlx::types::Json(items.lines().to_vec()));
+        let items = self
+            .items
+            .as_ref()
+            .map(|items| sqlx::types::Json(items.lines().to_vec()));
         Ok(sqlx::query_as(AssertSqlSafe(SQL.as_str()))
             .bind(id)
             .bind(self.customer_id.as_str())
@@ -98,7 +106,12 @@ impl NewEntity for NewOrder {
 
 impl NewEntity for NewWaybill {
     type Entity = Waybill;
-    async fn insert(&self, conn: &mut PgConnection, id: Uuid, timeout: Duration) -> Result<Waybill, StoreError> {
+    async fn insert(
+        &self,
+        conn: &mut PgConnection,
+        id: Uuid,
+        timeout: Duration,
+    ) -> Result<Waybill, StoreError> {
         static SQL: LazyLock<String> = LazyLock::new(|| {
             outbox::with_outbox(
                 EntityKind::Waybill,
@@ -159,20 +172,31 @@ pub async fn create<N: NewEntity>(
     let id = Uuid::now_v7();
     let Some(key) = key else {
         let entity = new.insert(&mut *pool.acquire().await?, id, timeout).await?;
-        return Ok(Created { entity, replayed: false });
+        return Ok(Created {
+            entity,
+            replayed: false,
+        });
     };
     let mut tx = pool.begin().await?;
     match idempotency::claim(&mut tx, key, id).await? {
         Claim::Fresh => {}
         Claim::Reused => return Err(CreateError::KeyReused),
         Claim::Replay(existing) => {
-            let entity = fetch::<N::Entity>(&mut tx, existing).await?.ok_or(sqlx::Error::RowNotFound)?;
-            return Ok(Created { entity, replayed: true });
+            let entity = fetch::<N::Entity>(&mut tx, existing)
+                .await?
+                .ok_or(sqlx::Error::RowNotFound)?;
+            return Ok(Created {
+                entity,
+                replayed: true,
+            });
         }
     }
     let entity = new.insert(&mut tx, id, timeout).await?;
     tx.commit().await?;
-    Ok(Created { entity, replayed: false })
+    Ok(Created {
+        entity,
+        replayed: false,
+    })
 }
 
 /// Reads one entity.
@@ -183,7 +207,10 @@ pub async fn get<T: Entity>(pool: &PgPool, id: Uuid) -> Result<Option<T>, StoreE
 
 async fn fetch<T: Entity>(conn: &mut PgConnection, id: Uuid) -> Result<Option<T>, StoreError> {
     let sql = format!("select * from {} where id = $1", T::TABLE);
-    Ok(sqlx::query_as::<_, T>(AssertSqlSafe(sql)).bind(id).fetch_optional(conn).await?)
+    Ok(sqlx::query_as::<_, T>(AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?)
 }
 
 /// The filters of a listing; every field is optional.
@@ -254,12 +281,21 @@ async fn transition<T: Entity>(
         tx.commit().await?;
         return Ok(Transition::Done(changed));
     }
-    let sql = format!("select *, expires_at <= now() as expired from {} where id = $1", T::TABLE);
-    let row = sqlx::query(AssertSqlSafe(sql)).bind(id).fetch_optional(&mut *tx).await?;
+    let sql = format!(
+        "select *, expires_at <= now() as expired from {} where id = $1",
+        T::TABLE
+    );
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
     tx.rollback().await?;
     match row {
         None => Ok(Transition::NotFound),
-        Some(row) => Ok(Transition::Refused { current: T::from_row(&row)?, expired: row.try_get("expired")? }),
+        Some(row) => Ok(Transition::Refused {
+            current: T::from_row(&row)?,
+            expired: row.try_get("expired")?,
+        }),
     }
 }
 
@@ -280,7 +316,11 @@ pub async fn cancel_order(pool: &PgPool, id: Uuid) -> Result<Transition<Order>, 
 }
 
 /// Records a carrier's acceptance of a pending waybill whose deadline has not passed.
-pub async fn accept_waybill(pool: &PgPool, id: Uuid, carrier: &str) -> Result<Transition<Waybill>, StoreError> {
+pub async fn accept_waybill(
+    pool: &PgPool,
+    id: Uuid,
+    carrier: &str,
+) -> Result<Transition<Waybill>, StoreError> {
     let update = "update waybills set status = 'accepted', accepted_at = now(), carrier_id = $2
                   where id = $1 and status = 'pending' and expires_at > now() returning *";
     transition(pool, update, id, Some(carrier), "waybill.accepted").await

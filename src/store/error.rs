@@ -67,7 +67,9 @@ pub fn classify(error: &sqlx::Error) -> ErrorClass {
 
 /// SQLSTATEs that describe the server's condition rather than our statement.
 fn classify_sqlstate(code: Option<Cow<'_, str>>) -> ErrorClass {
-    let Some(code) = code else { return ErrorClass::Permanent };
+    let Some(code) = code else {
+        return ErrorClass::Permanent;
+    };
     let transient = matches!(
         code.as_ref(),
         "40001" // serialization_failure
@@ -81,7 +83,11 @@ fn classify_sqlstate(code: Option<Cow<'_, str>>) -> ErrorClass {
         | "25006" // read_only_sql_transaction: a failover left us on a standby
     ) || code.starts_with("08") // connection_exception
         || code.starts_with("53"); // insufficient_resources, too_many_connections
-    if transient { ErrorClass::Transient } else { ErrorClass::Permanent }
+    if transient {
+        ErrorClass::Transient
+    } else {
+        ErrorClass::Permanent
+    }
 }
 
 #[cfg(test)]
@@ -103,7 +109,9 @@ mod tests {
 
     #[test]
     fn contention_and_server_state_are_transient() {
-        for code in ["40001", "40P01", "55P03", "57014", "57P01", "57P03", "08006", "53300"] {
+        for code in [
+            "40001", "40P01", "55P03", "57014", "57P01", "57P03", "08006", "53300",
+        ] {
             assert_eq!(of(code), ErrorClass::Transient, "{code}");
         }
     }

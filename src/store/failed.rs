@@ -122,22 +122,36 @@ pub async fn list(pool: &PgPool, filter: &FailedFilter) -> Result<Vec<FailedMess
 
 /// Reads one failed message.
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<FailedMessage>, StoreError> {
-    Ok(sqlx::query_as("select * from failed_messages where id = $1").bind(id).fetch_optional(pool).await?)
+    Ok(
+        sqlx::query_as("select * from failed_messages where id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?,
+    )
 }
 
 /// Locks one row for a requeue, so two operators cannot requeue it twice.
-pub async fn lock(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> Result<Option<FailedMessage>, StoreError> {
-    Ok(sqlx::query_as("select * from failed_messages where id = $1 for update")
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await?)
+pub async fn lock(
+    tx: &mut Transaction<'_, Postgres>,
+    id: Uuid,
+) -> Result<Option<FailedMessage>, StoreError> {
+    Ok(
+        sqlx::query_as("select * from failed_messages where id = $1 for update")
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?,
+    )
 }
 
 /// The newest row id, so a bulk requeue stops at the rows that existed when it began
 /// (a requeued message that fails again is stored as a new row, and must not be
 /// requeued again by the same call).
 pub async fn newest_id(pool: &PgPool) -> Result<Option<Uuid>, StoreError> {
-    Ok(sqlx::query_scalar("select id from failed_messages order by id desc limit 1").fetch_optional(pool).await?)
+    Ok(
+        sqlx::query_scalar("select id from failed_messages order by id desc limit 1")
+            .fetch_optional(pool)
+            .await?,
+    )
 }
 
 /// Locks unresolved rows up to `upto` (optionally of one queue) that no one else holds.
@@ -160,7 +174,11 @@ pub async fn lock_unresolved(
 }
 
 /// Marks rows resolved with `status` (`requeued` or `discarded`).
-pub async fn resolve(tx: &mut Transaction<'_, Postgres>, ids: &[Uuid], status: &'static str) -> Result<(), StoreError> {
+pub async fn resolve(
+    tx: &mut Transaction<'_, Postgres>,
+    ids: &[Uuid],
+    status: &'static str,
+) -> Result<(), StoreError> {
     sqlx::query("update failed_messages set status = $2, resolved_at = now() where id = any($1)")
         .bind(ids)
         .bind(status)
@@ -171,5 +189,9 @@ pub async fn resolve(tx: &mut Transaction<'_, Postgres>, ids: &[Uuid], status: &
 
 /// Rows not yet requeued or discarded, for metrics and the console.
 pub async fn unresolved_count(pool: &PgPool) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar("select count(*) from failed_messages where status = 'pending'").fetch_one(pool).await?)
+    Ok(
+        sqlx::query_scalar("select count(*) from failed_messages where status = 'pending'")
+            .fetch_one(pool)
+            .await?,
+    )
 }

@@ -20,7 +20,11 @@ pub struct IdempotencyKey {
 impl IdempotencyKey {
     /// Builds a key for a request body.
     pub fn new(scope: &'static str, key: String, body: &[u8]) -> Self {
-        Self { scope, key, request_hash: Sha256::digest(body).to_vec() }
+        Self {
+            scope,
+            key,
+            request_hash: Sha256::digest(body).to_vec(),
+        }
     }
 }
 
@@ -37,7 +41,11 @@ pub enum Claim {
 
 /// Records the key for `entity_id` in the caller's transaction, or reports an earlier use.
 /// A concurrent first use blocks here until the other transaction ends.
-pub async fn claim(tx: &mut PgConnection, key: &IdempotencyKey, entity_id: Uuid) -> Result<Claim, StoreError> {
+pub async fn claim(
+    tx: &mut PgConnection,
+    key: &IdempotencyKey,
+    entity_id: Uuid,
+) -> Result<Claim, StoreError> {
     let inserted = sqlx::query(
         "insert into idempotency_keys (scope, key, request_hash, entity_id) values ($1, $2, $3, $4)
          on conflict do nothing",
@@ -51,11 +59,16 @@ pub async fn claim(tx: &mut PgConnection, key: &IdempotencyKey, entity_id: Uuid)
     if inserted.rows_affected() == 1 {
         return Ok(Claim::Fresh);
     }
-    let (hash, existing): (Vec<u8>, Uuid) =
-        sqlx::query_as("select request_hash, entity_id from idempotency_keys where scope = $1 and key = $2")
-            .bind(key.scope)
-            .bind(&key.key)
-            .fetch_one(&mut *tx)
-            .await?;
-    Ok(if hash == key.request_hash { Claim::Replay(existing) } else { Claim::Reused })
+    let (hash, existing): (Vec<u8>, Uuid) = sqlx::query_as(
+        "select request_hash, entity_id from idempotency_keys where scope = $1 and key = $2",
+    )
+    .bind(key.scope)
+    .bind(&key.key)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(if hash == key.request_hash {
+        Claim::Replay(existing)
+    } else {
+        Claim::Reused
+    })
 }

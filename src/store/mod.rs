@@ -39,10 +39,18 @@ pub struct PoolSettings {
 /// The pool is lazy so the service starts (and answers `/healthz`) while PostgreSQL is
 /// still coming up; the first query reports the outage as `StoreError::Unavailable`.
 pub async fn connect(url: &str, settings: PoolSettings) -> Result<PgPool, StoreError> {
-    let options = PgConnectOptions::from_str(url)?.application_name("order-timeout").options([
-        ("lock_timeout", format!("{}ms", settings.lock_timeout.as_millis())),
-        ("statement_timeout", format!("{}ms", settings.statement_timeout.as_millis())),
-    ]);
+    let options = PgConnectOptions::from_str(url)?
+        .application_name("order-timeout")
+        .options([
+            (
+                "lock_timeout",
+                format!("{}ms", settings.lock_timeout.as_millis()),
+            ),
+            (
+                "statement_timeout",
+                format!("{}ms", settings.statement_timeout.as_millis()),
+            ),
+        ]);
     create_database_if_missing(&options).await?;
     let pool = PgPoolOptions::new()
         .max_connections(settings.max_connections)
@@ -62,10 +70,11 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), St
         return Ok(());
     };
     let mut admin = options.clone().database("postgres").connect().await?;
-    let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
-        .bind(&name)
-        .fetch_one(&mut admin)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await?;
     if !exists {
         let quoted = format!("\"{}\"", name.replace('"', "\"\""));
         let created = sqlx::query(sqlx::AssertSqlSafe(format!("create database {quoted}")))

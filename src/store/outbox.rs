@@ -25,7 +25,11 @@ pub struct NewRow {
 impl NewRow {
     /// A domain event carrying `entity` as the API shows it.
     pub fn event(routing_key: &'static str, id: Uuid, entity: &impl serde::Serialize) -> Self {
-        Self { routing_key, entity_id: id, payload: serde_json::to_value(entity).unwrap_or(Value::Null) }
+        Self {
+            routing_key,
+            entity_id: id,
+            payload: serde_json::to_value(entity).unwrap_or(Value::Null),
+        }
     }
 }
 
@@ -61,7 +65,13 @@ pub fn timer_bucket(kind: EntityKind, timeout: Duration) -> String {
 /// when `timer_bucket_param` names the parameter holding the bucket, the entity's timer
 /// (before its event). The statement returns `select`, e.g. `*`, of the changed rows.
 /// One statement is one round trip and its own transaction.
-pub fn with_outbox(kind: EntityKind, change: &str, event: &'static str, timer_bucket_param: Option<usize>, select: &str) -> String {
+pub fn with_outbox(
+    kind: EntityKind,
+    change: &str,
+    event: &'static str,
+    timer_bucket_param: Option<usize>,
+    select: &str,
+) -> String {
     let kind = kind.as_str();
     let timer = match timer_bucket_param {
         Some(param) => format!(
@@ -97,7 +107,10 @@ pub struct Pending {
 
 /// Claims up to `limit` unpublished rows in id order, skipping rows another relay holds.
 /// The rows stay locked until `tx` ends.
-pub async fn claim(tx: &mut Transaction<'_, Postgres>, limit: i64) -> Result<Vec<Pending>, StoreError> {
+pub async fn claim(
+    tx: &mut Transaction<'_, Postgres>,
+    limit: i64,
+) -> Result<Vec<Pending>, StoreError> {
     let rows = sqlx::query_as::<_, Pending>(
         "select id, topic, routing_key, entity_id, payload,
                 greatest(0, ceil(extract(epoch from (due_at - now())) * 1000))::bigint as ms_left
@@ -111,7 +124,10 @@ pub async fn claim(tx: &mut Transaction<'_, Postgres>, limit: i64) -> Result<Vec
 }
 
 /// Marks rows published, after the broker confirmed them.
-pub async fn mark_published(tx: &mut Transaction<'_, Postgres>, ids: &[i64]) -> Result<(), StoreError> {
+pub async fn mark_published(
+    tx: &mut Transaction<'_, Postgres>,
+    ids: &[i64],
+) -> Result<(), StoreError> {
     sqlx::query("update outbox set published_at = now() where id = any($1)")
         .bind(ids)
         .execute(&mut **tx)
@@ -121,7 +137,11 @@ pub async fn mark_published(tx: &mut Transaction<'_, Postgres>, ids: &[i64]) -> 
 
 /// Rows not published yet: the backlog shown in metrics and readiness.
 pub async fn backlog(pool: &PgPool) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar("select count(*) from outbox where published_at is null").fetch_one(pool).await?)
+    Ok(
+        sqlx::query_scalar("select count(*) from outbox where published_at is null")
+            .fetch_one(pool)
+            .await?,
+    )
 }
 
 /// Deletes published rows older than `retention`, a bounded batch at a time.
@@ -145,35 +165,45 @@ mod tests {
 
     use std::time::Duration;
 
-    use serde_json::{json, Value};
+    use serde_json::{Value, json};
     use sqlx::PgPool;
     use uuid::Uuid;
 
     use crate::domain::{EntityKind, NewOrder, NewWaybill, Order, Waybill};
     use crate::store::entities::{self, Entity};
     use crate::store::idempotency::IdempotencyKey;
-    use crate::store::{self, sweep, PoolSettings};
+    use crate::store::{self, PoolSettings, sweep};
 
     const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
 
     async fn scratch() -> (PgPool, String) {
-        let name = format!("ot_outbox_test_{}", &Uuid::new_v4().simple().to_string()[..12]);
+        let name = format!(
+            "ot_outbox_test_{}",
+            &Uuid::new_v4().simple().to_string()[..12]
+        );
         let settings = PoolSettings {
             max_connections: 2,
             acquire_timeout: Duration::from_secs(10),
             lock_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(30),
         };
-        let pool = store::connect(&format!("{SERVER}/{name}"), settings).await.expect("local PostgreSQL");
+        let pool = store::connect(&format!("{SERVER}/{name}"), settings)
+            .await
+            .expect("local PostgreSQL");
         store::migrate(&pool).await.expect("migrations");
         (pool, name)
     }
 
     async fn drop_scratch(pool: PgPool, name: &str) {
         pool.close().await;
-        let admin = PgPool::connect(&format!("{SERVER}/postgres")).await.expect("admin connection");
+        let admin = PgPool::connect(&format!("{SERVER}/postgres"))
+            .await
+            .expect("admin connection");
         let sql = format!("drop database if exists \"{name}\" with (force)");
-        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&admin).await.expect("drop");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&admin)
+            .await
+            .expect("drop");
     }
 
     async fn event(pool: &PgPool, key: &str, id: Uuid) -> Value {
@@ -193,44 +223,108 @@ mod tests {
             "items": [{"sku": "book", "quantity": 2, "unit_price_cents": 1250}]});
         let order = NewOrder::parse(&with_items).unwrap();
         let keyed = IdempotencyKey::new("orders", "k".into(), b"body");
-        let first: Order = entities::create(&pool, &order, timeout, Some(&keyed)).await.unwrap().entity;
-        let bare = NewOrder::parse(&json!({"customer_id": "c-2", "amount_cents": 1, "currency": "USD"})).unwrap();
-        let second: Order = entities::create(&pool, &bare, timeout, None).await.unwrap().entity;
-        let new_waybill = NewWaybill::parse(&json!({"origin": "Berlin", "destination": "Paris"})).unwrap();
-        let waybill: Waybill = entities::create(&pool, &new_waybill, timeout, None).await.unwrap().entity;
+        let first: Order = entities::create(&pool, &order, timeout, Some(&keyed))
+            .await
+            .unwrap()
+            .entity;
+        let bare =
+            NewOrder::parse(&json!({"customer_id": "c-2", "amount_cents": 1, "currency": "USD"}))
+                .unwrap();
+        let second: Order = entities::create(&pool, &bare, timeout, None)
+            .await
+            .unwrap()
+            .entity;
+        let new_waybill =
+            NewWaybill::parse(&json!({"origin": "Berlin", "destination": "Paris"})).unwrap();
+        let waybill: Waybill = entities::create(&pool, &new_waybill, timeout, None)
+            .await
+            .unwrap()
+            .entity;
         for order in [&first, &second] {
-            assert_eq!(event(&pool, "order.created", order.id).await, serde_json::to_value(order).unwrap());
+            assert_eq!(
+                event(&pool, "order.created", order.id).await,
+                serde_json::to_value(order).unwrap()
+            );
         }
-        assert_eq!(event(&pool, "waybill.created", waybill.id).await, serde_json::to_value(&waybill).unwrap());
-        let timers: Vec<(String, Value)> =
-            sqlx::query_as("select routing_key, payload from outbox where topic = 'timer' order by id").fetch_all(&pool).await.unwrap();
-        assert_eq!(timers[0], ("order.1".to_owned(), json!({"kind": "order", "id": first.id})));
-        assert_eq!(timers[2], ("waybill.1".to_owned(), json!({"kind": "waybill", "id": waybill.id})));
+        assert_eq!(
+            event(&pool, "waybill.created", waybill.id).await,
+            serde_json::to_value(&waybill).unwrap()
+        );
+        let timers: Vec<(String, Value)> = sqlx::query_as(
+            "select routing_key, payload from outbox where topic = 'timer' order by id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            timers[0],
+            (
+                "order.1".to_owned(),
+                json!({"kind": "order", "id": first.id})
+            )
+        );
+        assert_eq!(
+            timers[2],
+            (
+                "waybill.1".to_owned(),
+                json!({"kind": "waybill", "id": waybill.id})
+            )
+        );
 
         tokio::time::sleep(Duration::from_millis(20)).await;
-        sweep::cancel_due(&pool, EntityKind::Order, &[first.id, second.id]).await.unwrap();
-        sweep::cancel_due(&pool, EntityKind::Waybill, &[waybill.id]).await.unwrap();
+        sweep::cancel_due(&pool, EntityKind::Order, &[first.id, second.id])
+            .await
+            .unwrap();
+        sweep::cancel_due(&pool, EntityKind::Waybill, &[waybill.id])
+            .await
+            .unwrap();
         for id in [first.id, second.id] {
             let cancelled: Order = entities::get(&pool, id).await.unwrap().unwrap();
-            assert_eq!(event(&pool, "order.cancelled", cancelled.id()).await, serde_json::to_value(&cancelled).unwrap());
+            assert_eq!(
+                event(&pool, "order.cancelled", cancelled.id()).await,
+                serde_json::to_value(&cancelled).unwrap()
+            );
         }
         let cancelled: Waybill = entities::get(&pool, waybill.id).await.unwrap().unwrap();
-        assert_eq!(event(&pool, "waybill.cancelled", waybill.id).await, serde_json::to_value(&cancelled).unwrap());
+        assert_eq!(
+            event(&pool, "waybill.cancelled", waybill.id).await,
+            serde_json::to_value(&cancelled).unwrap()
+        );
 
-        let overdue: Order = entities::create(&pool, &bare, timeout, None).await.unwrap().entity;
+        let overdue: Order = entities::create(&pool, &bare, timeout, None)
+            .await
+            .unwrap()
+            .entity;
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(sweep::sweep_overdue(&pool, EntityKind::Order, Duration::from_millis(1), 10).await.unwrap(), [overdue.id]);
+        assert_eq!(
+            sweep::sweep_overdue(&pool, EntityKind::Order, Duration::from_millis(1), 10)
+                .await
+                .unwrap(),
+            [overdue.id]
+        );
         let swept: Order = entities::get(&pool, overdue.id).await.unwrap().unwrap();
-        assert_eq!(event(&pool, "order.cancelled", overdue.id).await, serde_json::to_value(&swept).unwrap());
+        assert_eq!(
+            event(&pool, "order.cancelled", overdue.id).await,
+            serde_json::to_value(&swept).unwrap()
+        );
         drop_scratch(pool, &name).await;
     }
 
     #[tokio::test]
     async fn timestamps_are_written_as_chrono_writes_them() {
         let (pool, name) = scratch().await;
-        for text in ["2026-11-25T01:02:03Z", "2026-11-25T01:02:03.500Z", "2026-11-25T01:02:03.000123Z", "2026-11-25T01:02:03.120450Z"] {
+        for text in [
+            "2026-11-25T01:02:03Z",
+            "2026-11-25T01:02:03.500Z",
+            "2026-11-25T01:02:03.000123Z",
+            "2026-11-25T01:02:03.120450Z",
+        ] {
             let time: chrono::DateTime<chrono::Utc> = text.parse().unwrap();
-            let written: String = sqlx::query_scalar("select api_time($1)").bind(time).fetch_one(&pool).await.unwrap();
+            let written: String = sqlx::query_scalar("select api_time($1)")
+                .bind(time)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
             assert_eq!(Value::String(written), serde_json::to_value(time).unwrap());
         }
         drop_scratch(pool, &name).await;

@@ -7,9 +7,9 @@ use std::time::Duration;
 use sqlx::{AssertSqlSafe, PgPool};
 use uuid::Uuid;
 
+use super::StoreError;
 use super::entities::Entity;
 use super::outbox;
-use super::StoreError;
 use crate::domain::{EntityKind, Order, Waybill};
 
 /// What a due timer found when it tried to cancel its entity.
@@ -30,23 +30,41 @@ pub enum Fate {
 /// events; the ids it did not cancel are looked up afterwards (rarely: a paid order, an
 /// early or a duplicate timer), which a concurrent change cannot make wrong: a row paid
 /// meanwhile is settled, a row that fell due meanwhile is re-armed for a millisecond.
-pub async fn cancel_due(pool: &PgPool, kind: EntityKind, ids: &[Uuid]) -> Result<HashMap<Uuid, Fate>, StoreError> {
+pub async fn cancel_due(
+    pool: &PgPool,
+    kind: EntityKind,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, Fate>, StoreError> {
     match kind {
         EntityKind::Order => cancel_due_of::<Order>(pool, ids).await,
         EntityKind::Waybill => cancel_due_of::<Waybill>(pool, ids).await,
     }
 }
 
-async fn cancel_due_of<T: Entity>(pool: &PgPool, ids: &[Uuid]) -> Result<HashMap<Uuid, Fate>, StoreError> {
+async fn cancel_due_of<T: Entity>(
+    pool: &PgPool,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, Fate>, StoreError> {
     let update = format!(
         "update {} set status = 'cancelled', cancelled_at = now(), cancel_reason = $2
          where id = any($1) and status = 'pending' and expires_at <= now() returning *",
         T::TABLE
     );
     let sql = outbox::with_outbox(T::KIND, &update, T::KIND.cancelled_event(), None, "id");
-    let cancelled: Vec<Uuid> = sqlx::query_scalar(AssertSqlSafe(sql)).bind(ids).bind(T::KIND.timeout_reason()).fetch_all(pool).await?;
-    let mut fates: HashMap<Uuid, Fate> = cancelled.into_iter().map(|id| (id, Fate::Cancelled)).collect();
-    let rest: Vec<Uuid> = ids.iter().copied().filter(|id| !fates.contains_key(id)).collect();
+    let cancelled: Vec<Uuid> = sqlx::query_scalar(AssertSqlSafe(sql))
+        .bind(ids)
+        .bind(T::KIND.timeout_reason())
+        .fetch_all(pool)
+        .await?;
+    let mut fates: HashMap<Uuid, Fate> = cancelled
+        .into_iter()
+        .map(|id| (id, Fate::Cancelled))
+        .collect();
+    let rest: Vec<Uuid> = ids
+        .iter()
+        .copied()
+        .filter(|id| !fates.contains_key(id))
+        .collect();
     if !rest.is_empty() {
         let lookup = format!(
             "select id, status = 'pending',
@@ -54,9 +72,16 @@ async fn cancel_due_of<T: Entity>(pool: &PgPool, ids: &[Uuid]) -> Result<HashMap
              from {} where id = any($1)",
             T::TABLE
         );
-        let found: Vec<(Uuid, bool, i64)> = sqlx::query_as(AssertSqlSafe(lookup)).bind(&rest).fetch_all(pool).await?;
+        let found: Vec<(Uuid, bool, i64)> = sqlx::query_as(AssertSqlSafe(lookup))
+            .bind(&rest)
+            .fetch_all(pool)
+            .await?;
         for (id, pending, ms_left) in found {
-            let fate = if pending { Fate::NotYetDue(ms_left as u64) } else { Fate::AlreadyFinal };
+            let fate = if pending {
+                Fate::NotYetDue(ms_left as u64)
+            } else {
+                Fate::AlreadyFinal
+            };
             fates.insert(id, fate);
         }
         for id in rest {
@@ -68,14 +93,23 @@ async fn cancel_due_of<T: Entity>(pool: &PgPool, ids: &[Uuid]) -> Result<HashMap
 
 /// Cancels up to `limit` pending entities of `kind` overdue by more than `grace`: the
 /// backstop for timers the broker lost or delivers late. Returns their ids.
-pub async fn sweep_overdue(pool: &PgPool, kind: EntityKind, grace: Duration, limit: i64) -> Result<Vec<Uuid>, StoreError> {
+pub async fn sweep_overdue(
+    pool: &PgPool,
+    kind: EntityKind,
+    grace: Duration,
+    limit: i64,
+) -> Result<Vec<Uuid>, StoreError> {
     match kind {
         EntityKind::Order => sweep_overdue_of::<Order>(pool, grace, limit).await,
         EntityKind::Waybill => sweep_overdue_of::<Waybill>(pool, grace, limit).await,
     }
 }
 
-async fn sweep_overdue_of<T: Entity>(pool: &PgPool, grace: Duration, limit: i64) -> Result<Vec<Uuid>, StoreError> {
+async fn sweep_overdue_of<T: Entity>(
+    pool: &PgPool,
+    grace: Duration,
+    limit: i64,
+) -> Result<Vec<Uuid>, StoreError> {
     let update = format!(
         "update {table} t set status = 'cancelled', cancelled_at = now(), cancel_reason = $2
          from (select id from {table}

@@ -10,9 +10,9 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
 
+use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
-use lapin::Channel;
 
 /// The settlement state of one channel's deliveries.
 pub struct AckLedger {
@@ -28,7 +28,11 @@ pub struct AckLedger {
 impl AckLedger {
     /// A ledger for deliveries consumed on `channel`.
     pub fn new(channel: Channel) -> Self {
-        Self { channel, tags: Mutex::new(Tags::default()), writing: tokio::sync::Mutex::new(()) }
+        Self {
+            channel,
+            tags: Mutex::new(Tags::default()),
+            writing: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// Notes deliveries as they arrive, in the order they arrived.
@@ -42,13 +46,27 @@ impl AckLedger {
     pub async fn settle(&self, done: &[Delivery], routed: &[u64]) {
         let _writing = self.writing.lock().await;
         let done_tags: Vec<u64> = done.iter().map(|delivery| delivery.delivery_tag).collect();
-        let ack = self.tags.lock().unwrap_or_else(PoisonError::into_inner).settle(&done_tags, routed);
+        let ack = self
+            .tags
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .settle(&done_tags, routed);
         let result = match ack {
             Ack::Nothing => return,
-            Ack::UpTo(last) => self.channel.basic_ack(last, BasicAckOptions { multiple: true }).await,
+            Ack::UpTo(last) => {
+                self.channel
+                    .basic_ack(last, BasicAckOptions { multiple: true })
+                    .await
+            }
             Ack::Each => {
-                let acks = done.iter().map(|delivery| delivery.ack(BasicAckOptions::default()));
-                futures_util::future::join_all(acks).await.into_iter().find_map(Result::err).map_or(Ok(()), Err)
+                let acks = done
+                    .iter()
+                    .map(|delivery| delivery.ack(BasicAckOptions::default()));
+                futures_util::future::join_all(acks)
+                    .await
+                    .into_iter()
+                    .find_map(Result::err)
+                    .map_or(Ok(()), Err)
             }
         };
         if let Err(error) = result {
@@ -84,7 +102,9 @@ impl Tags {
         for tag in routed.iter().chain(done) {
             self.0.insert(*tag, true);
         }
-        let Some(last) = done.iter().copied().max() else { return Ack::Nothing };
+        let Some(last) = done.iter().copied().max() else {
+            return Ack::Nothing;
+        };
         if self.0.range(..=last).all(|(_, settled)| *settled) {
             self.0 = self.0.split_off(&(last + 1));
             Ack::UpTo(last)

@@ -13,9 +13,9 @@ use lapin::options::QueuePurgeOptions;
 use reqwest::StatusCode;
 use tokio::time::Instant;
 
-use crate::helpers::{eventually, via_port, TestApp, TestEnv, AMQP_URL};
+use crate::helpers::{AMQP_URL, TestApp, TestEnv, eventually, via_port};
 use crate::proxy::FaultProxy;
-use load::{init_logs, verify, Load, LoadShape, Outage};
+use load::{Load, LoadShape, Outage, init_logs, verify};
 
 const RABBITMQ: &str = "127.0.0.1:5672";
 const POSTGRES: &str = "127.0.0.1:5432";
@@ -23,7 +23,10 @@ const POSTGRES: &str = "127.0.0.1:5432";
 const SETTLE: Duration = Duration::from_secs(25);
 
 /// A service whose broker connection goes through `proxy`, ready, with an event observer.
-async fn app_via_broker_proxy(proxy: &FaultProxy, tweak: impl FnOnce(&mut order_timeout::config::Config)) -> (TestApp, String) {
+async fn app_via_broker_proxy(
+    proxy: &FaultProxy,
+    tweak: impl FnOnce(&mut order_timeout::config::Config),
+) -> (TestApp, String) {
     let port = proxy.port();
     let app = TestApp::spawn_with(|c| {
         c.amqp_url = via_port(AMQP_URL, port);
@@ -41,7 +44,11 @@ async fn assert_not_ready_because_of(app: &TestApp, address: &str, dependency: &
         match app.client.get(format!("{address}/readyz")).send().await {
             Ok(response) if response.status() == StatusCode::SERVICE_UNAVAILABLE => {
                 let body: serde_json::Value = response.json().await.unwrap_or_default();
-                body["checks"][dependency] == "down" && body["error"]["message"].as_str().unwrap_or_default().contains(dependency)
+                body["checks"][dependency] == "down"
+                    && body["error"]["message"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains(dependency)
             }
             _ => false,
         }
@@ -74,16 +81,33 @@ async fn a_broker_cut_for_5_seconds_twice_loses_nothing() {
         assert_not_ready_because_of(&app, &app.instance.address, "broker").await;
         tokio::time::sleep(Duration::from_secs(5).saturating_sub(cut.elapsed())).await;
         proxy.up();
-        outages.push(Outage { start, end: app.db_now().await });
+        outages.push(Outage {
+            start,
+            end: app.db_now().await,
+        });
         let back = Instant::now();
         app.wait_ready().await;
-        println!("broker cut: ready again {} ms after the cut ended", back.elapsed().as_millis());
+        println!(
+            "broker cut: ready again {} ms after the cut ended",
+            back.elapsed().as_millis()
+        );
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let stats = load.finish().await;
     stats.assert_http_never_failed();
-    let verdict = verify(&app, "broker cut 5 s twice", &events, &stats, &outages, SETTLE).await;
-    assert!(verdict.max_lateness_beyond_outage_ms < 15_000, "{verdict:?}");
+    let verdict = verify(
+        &app,
+        "broker cut 5 s twice",
+        &events,
+        &stats,
+        &outages,
+        SETTLE,
+    )
+    .await;
+    assert!(
+        verdict.max_lateness_beyond_outage_ms < 15_000,
+        "{verdict:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,10 +123,16 @@ async fn the_broker_unreachable_for_10_seconds_while_orders_come_due_loses_nothi
     assert_not_ready_because_of(&app, &app.instance.address, "broker").await;
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(cut.elapsed())).await;
     proxy.up();
-    let outage = Outage { start, end: app.db_now().await };
+    let outage = Outage {
+        start,
+        end: app.db_now().await,
+    };
     let back = Instant::now();
     app.wait_ready().await;
-    println!("broker down 10 s: ready again {} ms after", back.elapsed().as_millis());
+    println!(
+        "broker down 10 s: ready again {} ms after",
+        back.elapsed().as_millis()
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stats = load.finish().await;
     stats.assert_http_never_failed();
@@ -112,7 +142,10 @@ async fn the_broker_unreachable_for_10_seconds_while_orders_come_due_loses_nothi
     // 6.3 and 12.6 s after the loss, the next one up to 12.8 s later. So after 10 s down
     // the connection can come back up to ~13 s after the broker did, then the backlog
     // drains.
-    assert!(verdict.max_lateness_beyond_outage_ms < 20_000, "{verdict:?}");
+    assert!(
+        verdict.max_lateness_beyond_outage_ms < 20_000,
+        "{verdict:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,17 +168,38 @@ async fn postgres_unreachable_for_10_seconds_answers_503_quickly_and_loses_nothi
     assert_not_ready_because_of(&app, &app.instance.address, "database").await;
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(cut.elapsed())).await;
     proxy.up();
-    let outage = Outage { start, end: app.db_now().await };
+    let outage = Outage {
+        start,
+        end: app.db_now().await,
+    };
     let back = Instant::now();
     app.wait_ready().await;
-    println!("database down 10 s: ready again {} ms after", back.elapsed().as_millis());
+    println!(
+        "database down 10 s: ready again {} ms after",
+        back.elapsed().as_millis()
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stats = load.finish().await;
     stats.assert_http_never_failed();
-    assert!(stats.count("create 503 database_unavailable") > 0, "no create met the outage: {:?}", stats.answers);
+    assert!(
+        stats.count("create 503 database_unavailable") > 0,
+        "no create met the outage: {:?}",
+        stats.answers
+    );
     assert!(stats.count("create 201") > 0);
-    let verdict = verify(&app, "database down 10 s", &events, &stats, &[outage], SETTLE).await;
-    assert!(verdict.max_lateness_beyond_outage_ms < 15_000, "{verdict:?}");
+    let verdict = verify(
+        &app,
+        "database down 10 s",
+        &events,
+        &stats,
+        &[outage],
+        SETTLE,
+    )
+    .await;
+    assert!(
+        verdict.max_lateness_beyond_outage_ms < 15_000,
+        "{verdict:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,14 +223,32 @@ async fn postgres_hanging_for_10_seconds_still_answers_every_request_quickly_and
     assert_not_ready_because_of(&app, &app.instance.address, "database").await;
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(stalled.elapsed())).await;
     proxy.stall(false);
-    let outage = Outage { start, end: app.db_now().await };
+    let outage = Outage {
+        start,
+        end: app.db_now().await,
+    };
     app.wait_ready().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stats = load.finish().await;
     stats.assert_http_never_failed();
-    assert!(stats.count("create 503 database_unavailable") > 0, "no create met the outage: {:?}", stats.answers);
-    let verdict = verify(&app, "database hanging 10 s", &events, &stats, &[outage], SETTLE).await;
-    assert!(verdict.max_lateness_beyond_outage_ms < 15_000, "{verdict:?}");
+    assert!(
+        stats.count("create 503 database_unavailable") > 0,
+        "no create met the outage: {:?}",
+        stats.answers
+    );
+    let verdict = verify(
+        &app,
+        "database hanging 10 s",
+        &events,
+        &stats,
+        &[outage],
+        SETTLE,
+    )
+    .await;
+    assert!(
+        verdict.max_lateness_beyond_outage_ms < 15_000,
+        "{verdict:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,7 +265,12 @@ async fn timers_lost_from_a_purged_cache_queue_are_caught_by_the_sweeper() {
     let mut purged = 0;
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        purged += app.channel().await.queue_purge(cache.as_str().into(), QueuePurgeOptions::default()).await.expect("purge");
+        purged += app
+            .channel()
+            .await
+            .queue_purge(cache.as_str().into(), QueuePurgeOptions::default())
+            .await
+            .expect("purge");
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let stats = load.finish().await;
@@ -208,19 +285,35 @@ async fn timers_lost_from_a_purged_cache_queue_are_caught_by_the_sweeper() {
 /// Creates that are certainly being handled when the caller stops the service: sent,
 /// then given time to reach their handlers (each takes several database round trips
 /// through the slowed proxy). Every one must still be answered 201.
-async fn open_requests(app: &TestApp, address: &str, n: usize) -> tokio::task::JoinHandle<Vec<Result<StatusCode, String>>> {
+async fn open_requests(
+    app: &TestApp,
+    address: &str,
+    n: usize,
+) -> tokio::task::JoinHandle<Vec<Result<StatusCode, String>>> {
     let requests: Vec<_> = (0..n)
-        .map(|_| app.client.post(format!("{address}/orders")).json(&crate::helpers::order_body()).send())
+        .map(|_| {
+            app.client
+                .post(format!("{address}/orders"))
+                .json(&crate::helpers::order_body())
+                .send()
+        })
         .collect();
     let handle = tokio::spawn(async move {
-        futures_util::future::join_all(requests).await.into_iter().map(|r| r.map(|r| r.status()).map_err(|e| e.to_string())).collect()
+        futures_util::future::join_all(requests)
+            .await
+            .into_iter()
+            .map(|r| r.map(|r| r.status()).map_err(|e| e.to_string()))
+            .collect()
     });
     tokio::time::sleep(Duration::from_millis(60)).await;
     handle
 }
 
 fn assert_all_created(answers: Vec<Result<StatusCode, String>>) {
-    assert!(answers.iter().all(|a| matches!(a, Ok(StatusCode::CREATED))), "requests open at the stop: {answers:?}");
+    assert!(
+        answers.iter().all(|a| matches!(a, Ok(StatusCode::CREATED))),
+        "requests open at the stop: {answers:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,15 +342,28 @@ async fn a_graceful_stop_mid_load_leaves_nothing_half_done_and_a_second_instance
     let stopped_at = app.db_now().await;
     let second = app.spawn_instance(|_| {}).await;
     wait_ready_at(&app, &second.address, Duration::from_secs(15)).await;
-    let outage = Outage { start: stopped_at, end: app.db_now().await };
+    let outage = Outage {
+        start: stopped_at,
+        end: app.db_now().await,
+    };
     load.retarget(vec![second.address.clone()]);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stats = load.finish().await;
     // Requests sent to the stopped instance may find it gone; none may be answered badly.
     stats.assert_always_answered_well();
-    assert!(stats.transport_errors.keys().all(|target| *target == app.instance.address), "{:?}", stats.transport_errors);
+    assert!(
+        stats
+            .transport_errors
+            .keys()
+            .all(|target| *target == app.instance.address),
+        "{:?}",
+        stats.transport_errors
+    );
     let verdict = verify(&app, "graceful stop", &events, &stats, &[outage], SETTLE).await;
-    assert!(verdict.max_lateness_beyond_outage_ms < 10_000, "{verdict:?}");
+    assert!(
+        verdict.max_lateness_beyond_outage_ms < 10_000,
+        "{verdict:?}"
+    );
 }
 
 /// The real `order-timeout` binary, run with environment variables like in production.
@@ -269,7 +375,11 @@ struct Binary {
 
 impl Binary {
     fn start(env: &TestEnv, extra: &[(&str, &str)]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("port").port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("free port")
+            .local_addr()
+            .expect("port")
+            .port();
         let log = std::env::temp_dir().join(format!("{}-{port}.log", env.prefix));
         let file = std::fs::File::create(&log).expect("log file");
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_order-timeout"));
@@ -298,17 +408,27 @@ impl Binary {
             command.env(name, value);
         }
         let child = command.spawn().expect("start target/debug/order-timeout");
-        Self { child, address: format!("http://127.0.0.1:{port}"), log }
+        Self {
+            child,
+            address: format!("http://127.0.0.1:{port}"),
+            log,
+        }
     }
 
     fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("running").to_string();
-        let status = std::process::Command::new("kill").args([signal, &pid]).status().expect("kill");
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("kill");
         assert!(status.success(), "kill {signal} {pid}");
     }
 
     async fn exit_within(&mut self, within: Duration) -> Option<ExitStatus> {
-        tokio::time::timeout(within, self.child.wait()).await.ok().map(|status| status.expect("wait"))
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .ok()
+            .map(|status| status.expect("wait"))
     }
 
     fn log_tail(&self) -> String {
@@ -336,7 +456,13 @@ async fn sigterm_to_the_binary_mid_load_exits_0_in_time_and_a_second_instance_fi
     let proxy = FaultProxy::start(POSTGRES).await;
     proxy.set_latency(Duration::from_millis(25));
     let database_url = via_port(&app.env.database_url, proxy.port());
-    let mut binary = Binary::start(&app.env, &[("DATABASE_URL", &database_url), ("DATABASE_POOL_SIZE", "16")]);
+    let mut binary = Binary::start(
+        &app.env,
+        &[
+            ("DATABASE_URL", &database_url),
+            ("DATABASE_POOL_SIZE", "16"),
+        ],
+    );
     wait_ready_at(&app, &binary.address, Duration::from_secs(20)).await;
     let load = Load::start(vec![binary.address.clone()], LoadShape::default());
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -346,20 +472,41 @@ async fn sigterm_to_the_binary_mid_load_exits_0_in_time_and_a_second_instance_fi
     let status = binary.exit_within(Duration::from_secs(10 + 2)).await;
     let took = stopping.elapsed();
     let stopped_at = app.db_now().await;
-    let Some(status) = status else { panic!("no exit within the shutdown timeout:\n{}", binary.log_tail()) };
-    println!("SIGTERM under load: exited with {status} after {} ms", took.as_millis());
+    let Some(status) = status else {
+        panic!(
+            "no exit within the shutdown timeout:\n{}",
+            binary.log_tail()
+        )
+    };
+    println!(
+        "SIGTERM under load: exited with {status} after {} ms",
+        took.as_millis()
+    );
     assert_eq!(status.code(), Some(0), "{}", binary.log_tail());
     assert_all_created(open.await.expect("open requests"));
     let second = app.spawn_instance(|_| {}).await;
     wait_ready_at(&app, &second.address, Duration::from_secs(15)).await;
-    let outage = Outage { start: stopped_at, end: app.db_now().await };
+    let outage = Outage {
+        start: stopped_at,
+        end: app.db_now().await,
+    };
     load.retarget(vec![second.address.clone()]);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stats = load.finish().await;
     stats.assert_always_answered_well();
-    assert!(stats.transport_errors.keys().all(|target| *target == binary.address), "{:?}", stats.transport_errors);
+    assert!(
+        stats
+            .transport_errors
+            .keys()
+            .all(|target| *target == binary.address),
+        "{:?}",
+        stats.transport_errors
+    );
     let verdict = verify(&app, "SIGTERM", &events, &stats, &[outage], SETTLE).await;
-    assert!(verdict.max_lateness_beyond_outage_ms < 10_000, "{verdict:?}");
+    assert!(
+        verdict.max_lateness_beyond_outage_ms < 10_000,
+        "{verdict:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -370,7 +517,10 @@ async fn one_of_two_instances_killed_mid_load_loses_nothing() {
     let binary = Binary::start(&app.env, &[]);
     wait_ready_at(&app, &binary.address, Duration::from_secs(20)).await;
     let survivor = app.instance.address.clone();
-    let load = Load::start(vec![survivor.clone(), binary.address.clone()], LoadShape::default());
+    let load = Load::start(
+        vec![survivor.clone(), binary.address.clone()],
+        LoadShape::default(),
+    );
     tokio::time::sleep(Duration::from_secs(4)).await;
     let killed_at = app.db_now().await;
     binary.signal("-KILL");
@@ -378,12 +528,33 @@ async fn one_of_two_instances_killed_mid_load_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let stats = load.finish().await;
     stats.assert_always_answered_well();
-    assert!(stats.transport_errors.keys().all(|target| *target == binary.address), "{:?}", stats.transport_errors);
+    assert!(
+        stats
+            .transport_errors
+            .keys()
+            .all(|target| *target == binary.address),
+        "{:?}",
+        stats.transport_errors
+    );
     // Deliveries the killed instance held come back to the survivor at once; its
     // claimed outbox rows are unlocked when PostgreSQL sees the connection close.
-    let outage = Outage { start: killed_at, end: killed_at };
-    let verdict = verify(&app, "SIGKILL one of two", &events, &stats, &[outage], SETTLE).await;
-    assert!(verdict.max_lateness_beyond_outage_ms < 10_000, "{verdict:?}");
+    let outage = Outage {
+        start: killed_at,
+        end: killed_at,
+    };
+    let verdict = verify(
+        &app,
+        "SIGKILL one of two",
+        &events,
+        &stats,
+        &[outage],
+        SETTLE,
+    )
+    .await;
+    assert!(
+        verdict.max_lateness_beyond_outage_ms < 10_000,
+        "{verdict:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,20 +571,38 @@ async fn reconnect_max_makes_the_instance_exit_with_an_error_when_the_broker_sta
     assert_eq!(status, StatusCode::CREATED);
     let exit = app.instance.exited(Duration::from_secs(15)).await;
     let took = lost.elapsed();
-    let Some(result) = exit else { panic!("still running {took:?} after the broker went away with RECONNECT_MAX={reconnect_max:?}") };
+    let Some(result) = exit else {
+        panic!(
+            "still running {took:?} after the broker went away with RECONNECT_MAX={reconnect_max:?}"
+        )
+    };
     let error = result.expect_err("giving up must be an error");
-    println!("gave up {} ms after the broker went away: {error:#}", took.as_millis());
+    println!(
+        "gave up {} ms after the broker went away: {error:#}",
+        took.as_millis()
+    );
     assert!(format!("{error:#}").contains("RECONNECT_MAX"), "{error:#}");
     // Gives up at RECONNECT_MAX, not at whatever the backoff reached by then.
-    assert!(took >= reconnect_max && took < reconnect_max + Duration::from_millis(1500), "gave up after {took:?}");
+    assert!(
+        took >= reconnect_max && took < reconnect_max + Duration::from_millis(1500),
+        "gave up after {took:?}"
+    );
 }
 
 #[tokio::test]
 async fn the_binary_exits_non_zero_when_the_broker_is_never_reachable_within_reconnect_max() {
     let app = TestApp::spawn().await;
-    let mut binary = Binary::start(&app.env, &[("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f"), ("RECONNECT_MAX", "1s")]);
+    let mut binary = Binary::start(
+        &app.env,
+        &[
+            ("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f"),
+            ("RECONNECT_MAX", "1s"),
+        ],
+    );
     let status = binary.exit_within(Duration::from_secs(15)).await;
-    let Some(status) = status else { panic!("still running:\n{}", binary.log_tail()) };
+    let Some(status) = status else {
+        panic!("still running:\n{}", binary.log_tail())
+    };
     let log = binary.log_tail();
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(log.contains("RECONNECT_MAX"), "{log}");

@@ -9,15 +9,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
+use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::BasicProperties;
 use reqwest::header::{CONTENT_SECURITY_POLICY, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{eventually, id_of, poll, TestApp};
+use crate::helpers::{TestApp, eventually, id_of, poll};
 
 const WITHIN: Duration = Duration::from_secs(20);
 const TOKEN: &str = "test-admin-token";
@@ -61,10 +61,20 @@ impl Scene {
         let paid = id_of(&app.create_order().await);
         assert_eq!(app.pay(&paid).await.0, StatusCode::OK);
         let customer_cancelled = id_of(&app.create_order().await);
-        assert_eq!(app.post(&format!("/orders/{customer_cancelled}/cancel"), json!({})).await.0, StatusCode::OK);
+        assert_eq!(
+            app.post(&format!("/orders/{customer_cancelled}/cancel"), json!({}))
+                .await
+                .0,
+            StatusCode::OK
+        );
         let pending = id_of(&app.create_order().await);
         let accepted = id_of(&app.create_waybill().await);
-        let (status, body) = app.post(&format!("/waybills/{accepted}/accept"), json!({"carrier_id": "dhl"})).await;
+        let (status, body) = app
+            .post(
+                &format!("/waybills/{accepted}/accept"),
+                json!({"carrier_id": "dhl"}),
+            )
+            .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let timed_out = id_of(&app.create_waybill().await);
 
@@ -75,20 +85,37 @@ impl Scene {
 
         let failed_id = poll(WITHIN, || async {
             let (_, page) = app.admin(Method::GET, "/admin/failed-messages").await;
-            page["items"].as_array().and_then(|items| items.first()).map(|row| row["id"].as_str().unwrap().to_owned())
+            page["items"]
+                .as_array()
+                .and_then(|items| items.first())
+                .map(|row| row["id"].as_str().unwrap().to_owned())
         })
         .await
         .expect("the poison message was stored as failed");
-        let cancelled = eventually(WITHIN, || async { waybill_status(app, &timed_out).await == "cancelled" }).await;
+        let cancelled = eventually(WITHIN, || async {
+            waybill_status(app, &timed_out).await == "cancelled"
+        })
+        .await;
         assert!(cancelled, "the waybill's timer did not cancel it");
         let settled = eventually(WITHIN, || async {
             let backlog: i64 =
-                sqlx::query_scalar("select count(*) from outbox where published_at is null").fetch_one(&app.pool).await.unwrap();
+                sqlx::query_scalar("select count(*) from outbox where published_at is null")
+                    .fetch_one(&app.pool)
+                    .await
+                    .unwrap();
             backlog == 0 && depths_match(app).await
         })
         .await;
-        assert!(settled, "the outbox or the queues did not settle: {:?}", actual_depths(app).await);
-        Self { pending, timed_out, failed_id }
+        assert!(
+            settled,
+            "the outbox or the queues did not settle: {:?}",
+            actual_depths(app).await
+        );
+        Self {
+            pending,
+            timed_out,
+            failed_id,
+        }
     }
 }
 
@@ -105,8 +132,14 @@ async fn waybill_status(app: &TestApp, id: &str) -> String {
 fn expected_depths(app: &TestApp) -> Vec<(String, u32)> {
     let t = &app.topology;
     let mut expected = vec![
-        (t.cache_queue(&format!("order.{}", ORDER_TIMEOUT.as_millis())), 3),
-        (t.cache_queue(&format!("waybill.{}", WAYBILL_TIMEOUT.as_millis())), 0),
+        (
+            t.cache_queue(&format!("order.{}", ORDER_TIMEOUT.as_millis())),
+            3,
+        ),
+        (
+            t.cache_queue(&format!("waybill.{}", WAYBILL_TIMEOUT.as_millis())),
+            0,
+        ),
         (t.parking_queue.clone(), 2),
         (t.due_queue.clone(), 0),
     ];
@@ -131,11 +164,23 @@ async fn depths_match(app: &TestApp) -> bool {
 /// Publishes a persistent message straight into a queue, as a broken producer would.
 async fn publish(app: &TestApp, queue: &str, body: &[u8], message_id: &str) {
     let mut headers = FieldTable::default();
-    headers.insert("x-origin".into(), AMQPValue::LongString(LongString::from(POISON_HEADER.as_bytes().to_vec())));
-    let properties = BasicProperties::default().with_delivery_mode(2).with_message_id(message_id.into()).with_headers(headers);
+    headers.insert(
+        "x-origin".into(),
+        AMQPValue::LongString(LongString::from(POISON_HEADER.as_bytes().to_vec())),
+    );
+    let properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_message_id(message_id.into())
+        .with_headers(headers);
     app.channel()
         .await
-        .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), body, properties)
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body,
+            properties,
+        )
         .await
         .unwrap()
         .await
@@ -155,22 +200,41 @@ async fn the_overview_shows_counts_deadlines_backlog_queue_depths_and_lateness()
     let app = scene_app().await;
     let scene = Scene::build(&app).await;
     let view = overview(&app).await;
-    assert_eq!(view["orders"], json!({"pending": 1, "paid": 1, "cancelled": 1}));
-    assert_eq!(view["waybills"], json!({"pending": 0, "accepted": 1, "cancelled": 1}));
+    assert_eq!(
+        view["orders"],
+        json!({"pending": 1, "paid": 1, "cancelled": 1})
+    );
+    assert_eq!(
+        view["waybills"],
+        json!({"pending": 0, "accepted": 1, "cancelled": 1})
+    );
     assert_eq!(view["outbox"], json!({"backlog": 0, "oldest_age_ms": null}));
     assert_eq!(view["failed_messages"]["unresolved"], 1);
-    assert_eq!(view["failed_messages"]["by_queue"], json!([{"queue": app.topology.due_queue, "status": "pending", "count": 1}]));
+    assert_eq!(
+        view["failed_messages"]["by_queue"],
+        json!([{"queue": app.topology.due_queue, "status": "pending", "count": 1}])
+    );
 
     let deadlines = view["next_deadlines"].as_array().unwrap();
     assert_eq!(deadlines.len(), 1, "{deadlines:?}");
-    assert_eq!((deadlines[0]["kind"].as_str(), deadlines[0]["id"].as_str()), (Some("order"), Some(scene.pending.as_str())));
+    assert_eq!(
+        (deadlines[0]["kind"].as_str(), deadlines[0]["id"].as_str()),
+        (Some("order"), Some(scene.pending.as_str()))
+    );
     let left = deadlines[0]["ms_left"].as_i64().unwrap();
-    assert!(left > 500_000 && left <= 600_000, "{left} ms left of a 10 min deadline");
+    assert!(
+        left > 500_000 && left <= 600_000,
+        "{left} ms left of a 10 min deadline"
+    );
 
     assert_eq!(view["broker"]["status"], "up");
     let queues = view["broker"]["queues"].as_array().unwrap();
     let names: Vec<&str> = queues.iter().map(|q| q["name"].as_str().unwrap()).collect();
-    assert_eq!(names, app.topology.all_queues(), "every queue of the topology, in its order");
+    assert_eq!(
+        names,
+        app.topology.all_queues(),
+        "every queue of the topology, in its order"
+    );
     for (name, depth) in expected_depths(&app) {
         let queue = queues.iter().find(|q| q["name"] == name.as_str()).unwrap();
         assert_eq!(queue["messages"], depth, "{name}");
@@ -183,28 +247,72 @@ async fn the_overview_shows_counts_deadlines_backlog_queue_depths_and_lateness()
     assert_eq!(role(&t.cache_queue("order.600000")), "cache");
     assert_eq!(role(&t.retry_queue(t.retry_delays_ms[0])), "retry");
     assert_eq!(role(&t.level_queue(1024)), "level");
-    let due = queues.iter().find(|q| q["name"] == t.due_queue.as_str()).unwrap();
-    assert!(due["consumers"].as_u64().unwrap() >= 1, "the due queue has its consumer: {due}");
+    let due = queues
+        .iter()
+        .find(|q| q["name"] == t.due_queue.as_str())
+        .unwrap();
+    assert!(
+        due["consumers"].as_u64().unwrap() >= 1,
+        "the due queue has its consumer: {due}"
+    );
 
     let lateness = &view["lateness"];
-    assert_eq!((lateness["window_seconds"].as_i64(), lateness["count"].as_i64()), (Some(3600), Some(1)), "{lateness}");
+    assert_eq!(
+        (
+            lateness["window_seconds"].as_i64(),
+            lateness["count"].as_i64()
+        ),
+        (Some(3600), Some(1)),
+        "{lateness}"
+    );
     let p50 = lateness["p50_ms"].as_f64().unwrap();
-    assert!((0.0..WITHIN.as_millis() as f64).contains(&p50), "{lateness}");
-    assert_eq!(lateness["max_ms"], lateness["p50_ms"], "one cancel: every percentile is it");
+    assert!(
+        (0.0..WITHIN.as_millis() as f64).contains(&p50),
+        "{lateness}"
+    );
+    assert_eq!(
+        lateness["max_ms"], lateness["p50_ms"],
+        "one cancel: every percentile is it"
+    );
     let histogram = lateness["histogram"].as_array().unwrap();
     assert_eq!(histogram.len(), 10);
-    assert_eq!(histogram.iter().map(|b| b["count"].as_i64().unwrap()).sum::<i64>(), 1);
-    assert_eq!((histogram[0]["from_ms"].as_f64(), histogram[9]["to_ms"].clone()), (Some(0.0), Value::Null));
+    assert_eq!(
+        histogram
+            .iter()
+            .map(|b| b["count"].as_i64().unwrap())
+            .sum::<i64>(),
+        1
+    );
+    assert_eq!(
+        (
+            histogram[0]["from_ms"].as_f64(),
+            histogram[9]["to_ms"].clone()
+        ),
+        (Some(0.0), Value::Null)
+    );
     let bucket = histogram.iter().find(|b| b["count"] == 1).unwrap();
     let to = bucket["to_ms"].as_f64().unwrap_or(f64::INFINITY);
-    assert!(bucket["from_ms"].as_f64().unwrap() <= p50 && p50 < to, "{bucket} holds {p50}");
+    assert!(
+        bucket["from_ms"].as_f64().unwrap() <= p50 && p50 < to,
+        "{bucket} holds {p50}"
+    );
 
-    let database_time = chrono::DateTime::parse_from_rfc3339(view["database_time"].as_str().unwrap()).unwrap();
-    let now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("select now()").fetch_one(&app.pool).await.unwrap();
-    assert!((now - database_time.to_utc()).num_seconds().abs() < 5, "database time, not the test's clock");
+    let database_time =
+        chrono::DateTime::parse_from_rfc3339(view["database_time"].as_str().unwrap()).unwrap();
+    let now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("select now()")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(
+        (now - database_time.to_utc()).num_seconds().abs() < 5,
+        "database time, not the test's clock"
+    );
 
     let (status, body) = app.admin(Method::GET, "/admin/overview?verbose=1").await;
-    assert_eq!((status, body["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("verbose")));
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("verbose"))
+    );
 }
 
 #[tokio::test]
@@ -213,12 +321,21 @@ async fn lookup_shows_an_entity_its_deadline_its_timer_and_its_events() {
     let order = id_of(&app.create_order().await);
     assert_eq!(app.pay(&order).await.0, StatusCode::OK);
     let published = eventually(WITHIN, || async {
-        let (_, found) = app.admin(Method::GET, &format!("/admin/lookup/{order}")).await;
-        found["outbox"].as_array().is_some_and(|rows| rows.len() == 3 && rows.iter().all(|r| r["published_at"].is_string()))
+        let (_, found) = app
+            .admin(Method::GET, &format!("/admin/lookup/{order}"))
+            .await;
+        found["outbox"].as_array().is_some_and(|rows| {
+            rows.len() == 3 && rows.iter().all(|r| r["published_at"].is_string())
+        })
     })
     .await;
-    assert!(published, "the order's three outbox rows were not published");
-    let (status, found) = app.admin(Method::GET, &format!("/admin/lookup/{order}")).await;
+    assert!(
+        published,
+        "the order's three outbox rows were not published"
+    );
+    let (status, found) = app
+        .admin(Method::GET, &format!("/admin/lookup/{order}"))
+        .await;
     assert_eq!(status, StatusCode::OK, "{found}");
     assert_eq!(found["kind"], "order");
     let (_, as_api) = app.get(&format!("/orders/{order}")).await;
@@ -226,27 +343,66 @@ async fn lookup_shows_an_entity_its_deadline_its_timer_and_its_events() {
     assert_eq!(found["expired"], false);
     assert!(found["ms_left"].as_i64().unwrap() <= 2000);
     let rows = found["outbox"].as_array().unwrap();
-    let topics: Vec<(&str, &str)> = rows.iter().map(|r| (r["topic"].as_str().unwrap(), r["routing_key"].as_str().unwrap())).collect();
-    assert_eq!(topics, [("timer", "order.2000"), ("event", "order.created"), ("event", "order.paid")]);
+    let topics: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["topic"].as_str().unwrap(),
+                r["routing_key"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        topics,
+        [
+            ("timer", "order.2000"),
+            ("event", "order.created"),
+            ("event", "order.paid")
+        ]
+    );
     assert_eq!(rows[0]["due_at"], as_api["expires_at"]);
     assert_eq!(found["failed_messages"], json!([]));
 
     let waybill = id_of(&app.create_waybill().await);
     app.wait_for_order_status(&order, "paid", WITHIN).await;
-    let cancelled = eventually(WITHIN, || async { waybill_status(&app, &waybill).await == "cancelled" }).await;
+    let cancelled = eventually(WITHIN, || async {
+        waybill_status(&app, &waybill).await == "cancelled"
+    })
+    .await;
     assert!(cancelled, "the waybill's timer did not cancel it");
-    let (status, found) = app.admin(Method::GET, &format!("/admin/lookup/{waybill}")).await;
+    let (status, found) = app
+        .admin(Method::GET, &format!("/admin/lookup/{waybill}"))
+        .await;
     assert_eq!(status, StatusCode::OK, "{found}");
-    assert_eq!((found["kind"].as_str(), found["expired"].as_bool()), (Some("waybill"), Some(true)));
+    assert_eq!(
+        (found["kind"].as_str(), found["expired"].as_bool()),
+        (Some("waybill"), Some(true))
+    );
     assert_eq!(found["entity"]["cancel_reason"], "acceptance_timeout");
     assert!(found["ms_left"].as_i64().unwrap() <= 0);
-    let keys: Vec<&str> = found["outbox"].as_array().unwrap().iter().map(|r| r["routing_key"].as_str().unwrap()).collect();
-    assert_eq!(keys, ["waybill.2000", "waybill.created", "waybill.cancelled"]);
+    let keys: Vec<&str> = found["outbox"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["routing_key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        ["waybill.2000", "waybill.created", "waybill.cancelled"]
+    );
 
     let (status, body) = app.admin(Method::GET, "/admin/lookup/not-a-uuid").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_id")));
-    let (status, body) = app.admin(Method::GET, &format!("/admin/lookup/{}", Uuid::now_v7())).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_id"))
+    );
+    let (status, body) = app
+        .admin(Method::GET, &format!("/admin/lookup/{}", Uuid::now_v7()))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
 }
 
 #[tokio::test]
@@ -260,7 +416,11 @@ async fn the_endpoints_refuse_a_missing_or_wrong_token_and_the_page_is_served_wi
                 request = request.bearer_auth(token);
             }
             let response = request.send().await.unwrap();
-            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{path} with {token:?}");
+            assert_eq!(
+                response.status(),
+                StatusCode::UNAUTHORIZED,
+                "{path} with {token:?}"
+            );
             assert_eq!(response.headers()[WWW_AUTHENTICATE], "Bearer");
             let body: Value = response.json().await.unwrap();
             assert_eq!(body["error"]["code"], "unauthorized");
@@ -274,35 +434,71 @@ async fn the_endpoints_refuse_a_missing_or_wrong_token_and_the_page_is_served_wi
         let response = app.client.get(app.url(path)).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{path}");
         assert_eq!(response.headers()[CONTENT_TYPE], content_type);
-        let policy = response.headers()[CONTENT_SECURITY_POLICY].to_str().unwrap().to_owned();
-        assert!(policy.contains("script-src 'self'") && !policy.contains("unsafe-inline"), "{policy}");
+        let policy = response.headers()[CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            policy.contains("script-src 'self'") && !policy.contains("unsafe-inline"),
+            "{policy}"
+        );
         let text = response.text().await.unwrap();
-        assert!(!text.contains("innerHTML") && !text.contains("insertAdjacentHTML"), "{path} renders HTML from strings");
+        assert!(
+            !text.contains("innerHTML") && !text.contains("insertAdjacentHTML"),
+            "{path} renders HTML from strings"
+        );
     }
-    let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     let response = no_redirects.get(app.url("/admin")).send().await.unwrap();
     assert!(response.status().is_redirection(), "{}", response.status());
     assert_eq!(response.headers()[LOCATION], "/admin/");
 
     let disabled = app.spawn_instance(|c| c.admin_token = None).await;
-    let response = app.client.get(format!("{}/admin/overview", disabled.address)).bearer_auth(TOKEN).send().await.unwrap();
+    let response = app
+        .client
+        .get(format!("{}/admin/overview", disabled.address))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "admin_disabled");
-    let page = app.client.get(format!("{}/admin/", disabled.address)).send().await.unwrap();
-    assert_eq!(page.status(), StatusCode::OK, "the page still loads and tells why it cannot sign in");
+    let page = app
+        .client
+        .get(format!("{}/admin/", disabled.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        page.status(),
+        StatusCode::OK,
+        "the page still loads and tells why it cannot sign in"
+    );
 }
 
 #[tokio::test]
 async fn without_a_broker_the_overview_says_reconnecting_and_leaves_depths_unknown() {
-    let app = TestApp::spawn_with(|c| c.amqp_url = "amqp://guest:guest@127.0.0.1:1/%2f".into()).await;
+    let app =
+        TestApp::spawn_with(|c| c.amqp_url = "amqp://guest:guest@127.0.0.1:1/%2f".into()).await;
     let id = id_of(&app.create_order().await);
     let view = overview(&app).await;
     assert_eq!(view["broker"]["status"], "reconnecting");
     let queues = view["broker"]["queues"].as_array().unwrap();
     assert_eq!(queues.len(), app.topology.all_queues().len());
-    assert!(queues.iter().all(|q| q["messages"].is_null() && q["error"] == "not connected"), "{queues:?}");
-    assert_eq!(view["outbox"]["backlog"], 2, "the timer and the created event wait for the broker");
+    assert!(
+        queues
+            .iter()
+            .all(|q| q["messages"].is_null() && q["error"] == "not connected"),
+        "{queues:?}"
+    );
+    assert_eq!(
+        view["outbox"]["backlog"], 2,
+        "the timer and the created event wait for the broker"
+    );
     assert!(view["outbox"]["oldest_age_ms"].as_i64().unwrap() >= 0);
     assert_eq!(view["next_deadlines"][0]["id"], id);
 }
@@ -319,9 +515,13 @@ struct ChromeDriver {
 
 impl ChromeDriver {
     fn start() -> Self {
-        let driver = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
+        let driver =
+            std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
         let browser = chromium();
-        for (path, what) in [(driver.as_str(), "chromedriver"), (browser.as_str(), "chromium")] {
+        for (path, what) in [
+            (driver.as_str(), "chromedriver"),
+            (browser.as_str(), "chromium"),
+        ] {
             assert!(
                 Path::new(path).exists(),
                 "{what} not found at {path}: the console's browser test needs Debian's Chromium and ChromeDriver; \
@@ -345,7 +545,11 @@ impl ChromeDriver {
                 .spawn()
                 .unwrap_or_else(|e| panic!("could not start {driver}: {e}"))
         };
-        Self { child, port, profile }
+        Self {
+            child,
+            port,
+            profile,
+        }
     }
 
     /// Waits for the driver, then opens a headless Chromium session.
@@ -358,8 +562,12 @@ impl ChromeDriver {
         .await;
         if !ready {
             let exited = self.child.try_wait().ok().flatten();
-            let log = std::fs::read_to_string(self.profile.join("chromedriver.log")).unwrap_or_default();
-            panic!("chromedriver did not answer on port {} (exit: {exited:?}); its log:\n{log}", self.port);
+            let log =
+                std::fs::read_to_string(self.profile.join("chromedriver.log")).unwrap_or_default();
+            panic!(
+                "chromedriver did not answer on port {} (exit: {exited:?}); its log:\n{log}",
+                self.port
+            );
         }
         let args = [
             "--headless",
@@ -374,10 +582,16 @@ impl ChromeDriver {
             "--window-size=1400,2200",
         ];
         let mut args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        args.push(format!("--user-data-dir={}", self.profile.join("chromium").display()));
+        args.push(format!(
+            "--user-data-dir={}",
+            self.profile.join("chromium").display()
+        ));
         let mut capabilities = serde_json::Map::new();
         capabilities.insert("browserName".into(), json!("chrome"));
-        capabilities.insert("goog:chromeOptions".into(), json!({"binary": chromium(), "args": args}));
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            json!({"binary": chromium(), "args": args}),
+        );
         ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
             .capabilities(capabilities)
             .connect(&format!("http://127.0.0.1:{}", self.port))
@@ -390,7 +604,10 @@ impl Drop for ChromeDriver {
     fn drop(&mut self) {
         // The driver leads its own process group: kill it and the browsers it started.
         let group = format!("-{}", self.child.id());
-        let _ = Command::new("kill").args(["-KILL", "--", &group]).stderr(Stdio::null()).status();
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
@@ -416,28 +633,43 @@ struct Page {
 
 impl Page {
     async fn goto(&self, path: &str) {
-        self.client.goto(&format!("{}{path}", self.base)).await.expect("navigate");
+        self.client
+            .goto(&format!("{}{path}", self.base))
+            .await
+            .expect("navigate");
     }
 
     async fn script(&self, source: &str, args: Vec<Value>) -> Value {
-        self.client.execute(source, args).await.unwrap_or_else(|e| panic!("script {source}: {e}"))
+        self.client
+            .execute(source, args)
+            .await
+            .unwrap_or_else(|e| panic!("script {source}: {e}"))
     }
 
     /// The text of the first element matching `css`, if any.
     async fn text(&self, css: &str) -> Option<String> {
-        let found = self.script("const e = document.querySelector(arguments[0]); return e ? e.textContent : null;", vec![json!(css)]).await;
+        let found = self
+            .script(
+                "const e = document.querySelector(arguments[0]); return e ? e.textContent : null;",
+                vec![json!(css)],
+            )
+            .await;
         found.as_str().map(str::to_owned)
     }
 
     /// Whether an element matching `css` exists and no ancestor hides it.
     async fn visible(&self, css: &str) -> bool {
-        let source = "const e = document.querySelector(arguments[0]); return !!e && !e.closest('[hidden]');";
+        let source =
+            "const e = document.querySelector(arguments[0]); return !!e && !e.closest('[hidden]');";
         self.script(source, vec![json!(css)]).await == json!(true)
     }
 
     /// Waits until the text of `css` satisfies `ok`, and returns it.
     async fn wait_text(&self, css: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
-        let found = poll(WITHIN, || async { self.text(css).await.filter(|text| ok(text)) }).await;
+        let found = poll(WITHIN, || async {
+            self.text(css).await.filter(|text| ok(text))
+        })
+        .await;
         match found {
             Some(text) => text,
             None => panic!("{what}: `{css}` shows {:?}", self.text(css).await),
@@ -445,7 +677,10 @@ impl Page {
     }
 
     async fn wait_visible(&self, css: &str, what: &str) {
-        assert!(eventually(WITHIN, || self.visible(css)).await, "{what}: `{css}` never became visible");
+        assert!(
+            eventually(WITHIN, || self.visible(css)).await,
+            "{what}: `{css}` never became visible"
+        );
     }
 
     async fn click(&self, css: &str) {
@@ -464,7 +699,11 @@ impl Page {
     }
 
     async fn type_into(&self, css: &str, text: &str) {
-        let field = self.client.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("`{css}`: {e}"));
+        let field = self
+            .client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("`{css}`: {e}"));
         field.clear().await.expect("clear");
         field.send_keys(text).await.expect("type");
     }
@@ -475,17 +714,25 @@ impl Page {
     }
 
     async fn stored_token(&self) -> Value {
-        self.script("return sessionStorage.getItem(arguments[0]);", vec![json!(TOKEN_KEY)]).await
+        self.script(
+            "return sessionStorage.getItem(arguments[0]);",
+            vec![json!(TOKEN_KEY)],
+        )
+        .await
     }
 }
 
 #[tokio::test]
-async fn the_console_in_headless_chromium_signs_in_shows_the_service_and_requeues_a_poison_message_as_text() {
+async fn the_console_in_headless_chromium_signs_in_shows_the_service_and_requeues_a_poison_message_as_text()
+ {
     let mut driver = ChromeDriver::start();
     let app = scene_app().await;
     let scene = Scene::build(&app).await;
     let client = driver.session().await;
-    let page = Page { client: client.clone(), base: app.instance.address.clone() };
+    let page = Page {
+        client: client.clone(),
+        base: app.instance.address.clone(),
+    };
     let outcome = tokio::time::timeout(Duration::from_secs(240), drive(&page, &app, &scene)).await;
     let _ = client.close().await;
     drop(driver);
@@ -502,37 +749,71 @@ async fn drive(page: &Page, app: &TestApp, scene: &Scene) {
     lookup_tells_what_happened(page, scene).await;
     save_screenshot(page).await;
     paging_follows_the_next_cursor(page, app).await;
-    assert_eq!(page.pwned().await, "undefined", "no data ever ran as script");
+    assert_eq!(
+        page.pwned().await,
+        "undefined",
+        "no data ever ran as script"
+    );
 }
 
 async fn sign_in_refuses_missing_and_wrong_tokens(page: &Page) {
     page.goto("/admin/").await;
     page.wait_visible("#login", "the sign-in form").await;
-    assert!(!page.visible("#console").await, "no console before signing in");
+    assert!(
+        !page.visible("#console").await,
+        "no console before signing in"
+    );
 
     page.click("#sign-in").await;
-    let message = page.wait_text("#login-error", "an empty token is refused", |t| !t.is_empty()).await;
+    let message = page
+        .wait_text("#login-error", "an empty token is refused", |t| {
+            !t.is_empty()
+        })
+        .await;
     assert!(message.contains("token is required"), "{message}");
     assert!(!page.visible("#console").await);
 
     page.type_into("#token", "wrong-token").await;
     page.click("#sign-in").await;
-    let message = page.wait_text("#login-error", "a wrong token is refused", |t| t.contains("Wrong token")).await;
+    let message = page
+        .wait_text("#login-error", "a wrong token is refused", |t| {
+            t.contains("Wrong token")
+        })
+        .await;
     assert!(message.contains("401"), "{message}");
-    assert!(!page.visible("#console").await, "a wrong token shows nothing");
-    assert_eq!(page.stored_token().await, Value::Null, "a refused token is not kept");
+    assert!(
+        !page.visible("#console").await,
+        "a wrong token shows nothing"
+    );
+    assert_eq!(
+        page.stored_token().await,
+        Value::Null,
+        "a refused token is not kept"
+    );
 
     // A stale token kept in the tab is refused on load, with the same message.
-    page.script("sessionStorage.setItem(arguments[0], 'stale-token');", vec![json!(TOKEN_KEY)]).await;
+    page.script(
+        "sessionStorage.setItem(arguments[0], 'stale-token');",
+        vec![json!(TOKEN_KEY)],
+    )
+    .await;
     page.client.refresh().await.expect("reload");
-    page.wait_text("#login-error", "a stored wrong token is refused", |t| t.contains("Wrong token")).await;
+    page.wait_text("#login-error", "a stored wrong token is refused", |t| {
+        t.contains("Wrong token")
+    })
+    .await;
     assert_eq!(page.stored_token().await, Value::Null);
 
     page.type_into("#token", TOKEN).await;
     page.click("#sign-in").await;
-    page.wait_visible("#console", "the console after signing in").await;
+    page.wait_visible("#console", "the console after signing in")
+        .await;
     assert!(!page.visible("#login").await);
-    assert_eq!(page.stored_token().await, TOKEN, "the token is kept for the tab");
+    assert_eq!(
+        page.stored_token().await,
+        TOKEN,
+        "the token is kept for the tab"
+    );
 }
 
 async fn overview_matches_the_scene(page: &Page, app: &TestApp, scene: &Scene) {
@@ -545,96 +826,227 @@ async fn overview_matches_the_scene(page: &Page, app: &TestApp, scene: &Scene) {
         ("waybill.cancelled", "1"),
     ];
     for (key, count) in counts {
-        page.wait_text(&format!("[data-count=\"{key}\"]"), key, |t| t == count).await;
+        page.wait_text(&format!("[data-count=\"{key}\"]"), key, |t| t == count)
+            .await;
     }
-    page.wait_text("#broker-status", "broker state", |t| t == "broker: up").await;
-    page.wait_text("#outbox-backlog", "outbox backlog", |t| t == "0").await;
-    page.wait_text("#failed-unresolved", "unresolved failed messages", |t| t == "1").await;
-    page.wait_text("#lateness-strip [data-stat=cancels] dd", "timeout cancels of the last hour", |t| t == "1").await;
-    page.wait_text("#deadlines", "the pending order's deadline", |t| t.contains(&scene.pending)).await;
+    page.wait_text("#broker-status", "broker state", |t| t == "broker: up")
+        .await;
+    page.wait_text("#outbox-backlog", "outbox backlog", |t| t == "0")
+        .await;
+    page.wait_text("#failed-unresolved", "unresolved failed messages", |t| {
+        t == "1"
+    })
+    .await;
+    page.wait_text(
+        "#lateness-strip [data-stat=cancels] dd",
+        "timeout cancels of the last hour",
+        |t| t == "1",
+    )
+    .await;
+    page.wait_text("#deadlines", "the pending order's deadline", |t| {
+        t.contains(&scene.pending)
+    })
+    .await;
     for (queue, depth) in expected_depths(app) {
         let depth = depth.to_string();
-        page.wait_text(&format!("#queues tr[data-queue=\"{queue}\"] .depth"), &queue, |t| t == depth).await;
+        page.wait_text(
+            &format!("#queues tr[data-queue=\"{queue}\"] .depth"),
+            &queue,
+            |t| t == depth,
+        )
+        .await;
     }
-    let rows = page.script("return document.querySelectorAll('#queues tr[data-queue]').length;", vec![]).await;
-    assert_eq!(rows, app.topology.all_queues().len(), "a row per queue of the topology");
-    let role = page.text(&format!("#queues tr[data-queue=\"{}\"]", app.topology.parking_queue)).await.unwrap();
+    let rows = page
+        .script(
+            "return document.querySelectorAll('#queues tr[data-queue]').length;",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        rows,
+        app.topology.all_queues().len(),
+        "a row per queue of the topology"
+    );
+    let role = page
+        .text(&format!(
+            "#queues tr[data-queue=\"{}\"]",
+            app.topology.parking_queue
+        ))
+        .await
+        .unwrap();
     assert!(role.contains("parking"), "{role}");
 }
 
 async fn poison_message_is_text_and_requeues(page: &Page, scene: &Scene) {
     let row = format!("#failed-rows tr[data-id=\"{}\"]", scene.failed_id);
-    let body = page.wait_text(&format!("{row} .body-cell"), "the poison message in the table", |t| !t.is_empty()).await;
+    let body = page
+        .wait_text(
+            &format!("{row} .body-cell"),
+            "the poison message in the table",
+            |t| !t.is_empty(),
+        )
+        .await;
     assert_eq!(body, POISON, "the body is shown literally");
-    assert_eq!(page.text(&format!("{row} .status")).await.as_deref(), Some("pending"));
-    assert_eq!(page.pwned().await, "undefined", "the body's script did not run");
-    let injected = page.script("return document.querySelectorAll('#console script, #console img').length;", vec![]).await;
+    assert_eq!(
+        page.text(&format!("{row} .status")).await.as_deref(),
+        Some("pending")
+    );
+    assert_eq!(
+        page.pwned().await,
+        "undefined",
+        "the body's script did not run"
+    );
+    let injected = page
+        .script(
+            "return document.querySelectorAll('#console script, #console img').length;",
+            vec![],
+        )
+        .await;
     assert_eq!(injected, 0, "no element was made from data");
 
     // The filters: requeued shows nothing yet, pending shows it.
-    page.client.find(Locator::Css("#filter-status")).await.unwrap().select_by_value("requeued").await.unwrap();
-    page.wait_visible("#failed-empty", "no requeued messages yet").await;
-    page.client.find(Locator::Css("#filter-status")).await.unwrap().select_by_value("pending").await.unwrap();
-    page.wait_text(&format!("{row} .status"), "the pending filter", |t| t == "pending").await;
+    page.client
+        .find(Locator::Css("#filter-status"))
+        .await
+        .unwrap()
+        .select_by_value("requeued")
+        .await
+        .unwrap();
+    page.wait_visible("#failed-empty", "no requeued messages yet")
+        .await;
+    page.client
+        .find(Locator::Css("#filter-status"))
+        .await
+        .unwrap()
+        .select_by_value("pending")
+        .await
+        .unwrap();
+    page.wait_text(&format!("{row} .status"), "the pending filter", |t| {
+        t == "pending"
+    })
+    .await;
 
     page.click(&format!("{row} button.open")).await;
     page.wait_visible("#detail", "the detail view").await;
     assert_eq!(page.text("#detail-body").await.as_deref(), Some(POISON));
     let headers = page.text("#detail-headers").await.unwrap();
-    assert!(headers.contains(r#"<img src=x onerror=\"window.__pwned = true\">"#), "{headers}");
+    assert!(
+        headers.contains(r#"<img src=x onerror=\"window.__pwned = true\">"#),
+        "{headers}"
+    );
     let fields = page.text("#detail-fields").await.unwrap();
-    assert!(fields.contains("poison-1") && fields.contains("permanent"), "{fields}");
+    assert!(
+        fields.contains("poison-1") && fields.contains("permanent"),
+        "{fields}"
+    );
     assert_eq!(page.pwned().await, "undefined");
 
     page.click("#detail-requeue").await;
-    let result = page.wait_text("#action-result", "the requeue's result", |t| !t.is_empty()).await;
+    let result = page
+        .wait_text("#action-result", "the requeue's result", |t| !t.is_empty())
+        .await;
     assert!(result.starts_with("Requeued message"), "{result}");
-    page.client.find(Locator::Css("#filter-status")).await.unwrap().select_by_value("").await.unwrap();
-    page.wait_text(&format!("{row} .status"), "the requeued status", |t| t == "requeued").await;
+    page.client
+        .find(Locator::Css("#filter-status"))
+        .await
+        .unwrap()
+        .select_by_value("")
+        .await
+        .unwrap();
+    page.wait_text(&format!("{row} .status"), "the requeued status", |t| {
+        t == "requeued"
+    })
+    .await;
     // Requeued, the poison fails again: a new pending row appears above it.
-    wait_statuses(page, json!(["pending", "requeued"]), "the requeued poison message fails again as a new row").await;
-    page.wait_text("#failed-unresolved", "unresolved after the requeue", |t| t == "1").await;
+    wait_statuses(
+        page,
+        json!(["pending", "requeued"]),
+        "the requeued poison message fails again as a new row",
+    )
+    .await;
+    page.wait_text("#failed-unresolved", "unresolved after the requeue", |t| {
+        t == "1"
+    })
+    .await;
     assert_eq!(page.pwned().await, "undefined");
 }
 
 /// The statuses of the failed-message table, top to bottom.
 async fn statuses(page: &Page) -> Value {
-    page.script("return [...document.querySelectorAll('#failed-rows .status')].map(e => e.textContent);", vec![]).await
+    page.script(
+        "return [...document.querySelectorAll('#failed-rows .status')].map(e => e.textContent);",
+        vec![],
+    )
+    .await
 }
 
 async fn wait_statuses(page: &Page, expected: Value, what: &str) {
     let reached = eventually(WITHIN, || async { statuses(page).await == expected }).await;
-    assert!(reached, "{what}: the table shows {} instead of {expected}", statuses(page).await);
+    assert!(
+        reached,
+        "{what}: the table shows {} instead of {expected}",
+        statuses(page).await
+    );
 }
 
 async fn requeue_all_names_the_count_and_discard_keeps_the_row(page: &Page) {
     page.click("#requeue-all").await;
-    page.wait_visible("#confirm[open]", "the requeue-all confirmation").await;
+    page.wait_visible("#confirm[open]", "the requeue-all confirmation")
+        .await;
     let question = page.text("#confirm-text").await.unwrap();
     assert_eq!(question, "Requeue all 1 unresolved failed message(s)?");
     page.click("#confirm-yes").await;
-    page.wait_text("#action-result", "the requeue-all result", |t| t == "Requeued 1 message(s).").await;
+    page.wait_text("#action-result", "the requeue-all result", |t| {
+        t == "Requeued 1 message(s)."
+    })
+    .await;
     // And the poison fails once more.
-    wait_statuses(page, json!(["pending", "requeued", "requeued"]), "after requeue all").await;
+    wait_statuses(
+        page,
+        json!(["pending", "requeued", "requeued"]),
+        "after requeue all",
+    )
+    .await;
 
     page.click("#failed-rows tr:first-child button.open").await;
-    page.wait_text("#detail-fields", "the newest row's detail", |t| t.contains("pending")).await;
+    page.wait_text("#detail-fields", "the newest row's detail", |t| {
+        t.contains("pending")
+    })
+    .await;
     page.click("#detail-discard").await;
-    page.wait_visible("#confirm[open]", "the discard confirmation").await;
+    page.wait_visible("#confirm[open]", "the discard confirmation")
+        .await;
     page.click("#confirm-yes").await;
-    page.wait_text("#action-result", "the discard result", |t| t.starts_with("Discarded message")).await;
-    wait_statuses(page, json!(["discarded", "requeued", "requeued"]), "after the discard").await;
-    page.wait_text("#failed-unresolved", "nothing unresolved", |t| t == "0").await;
+    page.wait_text("#action-result", "the discard result", |t| {
+        t.starts_with("Discarded message")
+    })
+    .await;
+    wait_statuses(
+        page,
+        json!(["discarded", "requeued", "requeued"]),
+        "after the discard",
+    )
+    .await;
+    page.wait_text("#failed-unresolved", "nothing unresolved", |t| t == "0")
+        .await;
     page.click("#requeue-all").await;
-    page.wait_text("#action-result", "requeue all with nothing to do", |t| t.starts_with("Nothing to requeue")).await;
-    assert!(!page.visible("#confirm[open]").await, "no confirmation for nothing");
+    page.wait_text("#action-result", "requeue all with nothing to do", |t| {
+        t.starts_with("Nothing to requeue")
+    })
+    .await;
+    assert!(
+        !page.visible("#confirm[open]").await,
+        "no confirmation for nothing"
+    );
 }
 
 async fn save_screenshot(page: &Page) {
     page.script("window.scrollTo(0, 0);", vec![]).await;
     let png = page.client.screenshot().await.expect("screenshot");
     assert!(png.starts_with(b"\x89PNG"), "the screenshot is a PNG");
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
     std::fs::create_dir_all(&target).expect("target directory");
     let path = target.join("console-overview.png");
     std::fs::write(&path, &png).expect("write the screenshot");
@@ -643,31 +1055,53 @@ async fn save_screenshot(page: &Page) {
 
 async fn parking_replays_after_a_confirmation_naming_the_count(page: &Page, app: &TestApp) {
     page.click("#replay-parking").await;
-    page.wait_visible("#confirm[open]", "the confirmation").await;
+    page.wait_visible("#confirm[open]", "the confirmation")
+        .await;
     let question = page.text("#confirm-text").await.unwrap();
     assert!(question.contains("Replay 2 message(s)"), "{question}");
     page.click("#confirm-yes").await;
-    page.wait_text("#action-result", "the replay's result", |t| t.starts_with("Replayed 2 message(s)")).await;
-    let parking = format!("#queues tr[data-queue=\"{}\"] .depth", app.topology.parking_queue);
-    page.wait_text(&parking, "the parking queue emptied", |t| t == "0").await;
+    page.wait_text("#action-result", "the replay's result", |t| {
+        t.starts_with("Replayed 2 message(s)")
+    })
+    .await;
+    let parking = format!(
+        "#queues tr[data-queue=\"{}\"] .depth",
+        app.topology.parking_queue
+    );
+    page.wait_text(&parking, "the parking queue emptied", |t| t == "0")
+        .await;
 }
 
 async fn lookup_tells_what_happened(page: &Page, scene: &Scene) {
     page.type_into("#lookup-id", "not-a-uuid").await;
     page.click("#lookup-form button[type=submit]").await;
-    page.wait_text("#lookup-error", "a malformed id", |t| t.contains("Not a valid id")).await;
-    page.type_into("#lookup-id", &Uuid::now_v7().to_string()).await;
+    page.wait_text("#lookup-error", "a malformed id", |t| {
+        t.contains("Not a valid id")
+    })
+    .await;
+    page.type_into("#lookup-id", &Uuid::now_v7().to_string())
+        .await;
     page.click("#lookup-form button[type=submit]").await;
-    page.wait_text("#lookup-error", "an unknown id", |t| t.contains("No order or waybill")).await;
+    page.wait_text("#lookup-error", "an unknown id", |t| {
+        t.contains("No order or waybill")
+    })
+    .await;
 
     page.type_into("#lookup-id", &scene.timed_out).await;
     page.click("#lookup-form button[type=submit]").await;
     page.wait_visible("#lookup-result", "the lookup").await;
     assert_eq!(page.text("#lookup-error").await.as_deref(), Some(""));
     let fields = page.text("#lookup-fields").await.unwrap();
-    assert!(fields.contains("waybill") && fields.contains("acceptance_timeout"), "{fields}");
+    assert!(
+        fields.contains("waybill") && fields.contains("acceptance_timeout"),
+        "{fields}"
+    );
     let timeline = page.text("#lookup-timeline").await.unwrap();
-    assert!(timeline.contains("event waybill.cancelled written") && timeline.contains("after the deadline"), "{timeline}");
+    assert!(
+        timeline.contains("event waybill.cancelled written")
+            && timeline.contains("after the deadline"),
+        "{timeline}"
+    );
 }
 
 async fn paging_follows_the_next_cursor(page: &Page, app: &TestApp) {
@@ -686,15 +1120,39 @@ async fn paging_follows_the_next_cursor(page: &Page, app: &TestApp) {
         .await
         .unwrap();
     }
-    let rows = || page.script("return document.querySelectorAll('#failed-rows tr').length;", vec![]);
-    assert!(eventually(WITHIN, || async { rows().await == 20 }).await, "a full first page");
-    assert_eq!(page.text("#failed-rows tr:first-child .body-cell").await.as_deref(), Some("(2 bytes, not UTF-8)"));
+    let rows = || {
+        page.script(
+            "return document.querySelectorAll('#failed-rows tr').length;",
+            vec![],
+        )
+    };
+    assert!(
+        eventually(WITHIN, || async { rows().await == 20 }).await,
+        "a full first page"
+    );
+    assert_eq!(
+        page.text("#failed-rows tr:first-child .body-cell")
+            .await
+            .as_deref(),
+        Some("(2 bytes, not UTF-8)")
+    );
     page.click("#page-next").await;
-    page.wait_text("#page-info", "the second page", |t| t == "page 2").await;
-    assert!(eventually(WITHIN, || async { rows().await == 5 }).await, "the rest on the second page");
-    let last = page.text("#failed-rows tr:last-child .body-cell").await.unwrap();
-    assert!(last.contains("<script>"), "the oldest row, the first poison message, ends the list: {last}");
+    page.wait_text("#page-info", "the second page", |t| t == "page 2")
+        .await;
+    assert!(
+        eventually(WITHIN, || async { rows().await == 5 }).await,
+        "the rest on the second page"
+    );
+    let last = page
+        .text("#failed-rows tr:last-child .body-cell")
+        .await
+        .unwrap();
+    assert!(
+        last.contains("<script>"),
+        "the oldest row, the first poison message, ends the list: {last}"
+    );
     page.click("#page-prev").await;
-    page.wait_text("#page-info", "back to the first page", |t| t == "page 1").await;
+    page.wait_text("#page-info", "back to the first page", |t| t == "page 1")
+        .await;
     assert!(eventually(WITHIN, || async { rows().await == 20 }).await);
 }

@@ -5,16 +5,16 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::routing::post;
 use axum::Json;
+use axum::routing::post;
+use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::BasicProperties;
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{eventually, id_of, poll, TestApp};
+use crate::helpers::{TestApp, eventually, id_of, poll};
 use crate::proxy::FaultProxy;
 
 const WITHIN: Duration = Duration::from_secs(20);
@@ -46,11 +46,23 @@ fn through(proxy: &FaultProxy, database_url: &str) -> String {
 
 async fn publish_raw(app: &TestApp, body: &[u8], message_id: &str) {
     let mut headers = FieldTable::default();
-    headers.insert("x-origin".into(), AMQPValue::LongString(LongString::from(b"test".to_vec())));
-    let properties = BasicProperties::default().with_delivery_mode(2).with_message_id(message_id.into()).with_headers(headers);
+    headers.insert(
+        "x-origin".into(),
+        AMQPValue::LongString(LongString::from(b"test".to_vec())),
+    );
+    let properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_message_id(message_id.into())
+        .with_headers(headers);
     app.channel()
         .await
-        .basic_publish("".into(), app.topology.due_queue.as_str().into(), BasicPublishOptions::default(), body, properties)
+        .basic_publish(
+            "".into(),
+            app.topology.due_queue.as_str().into(),
+            BasicPublishOptions::default(),
+            body,
+            properties,
+        )
         .await
         .unwrap()
         .await
@@ -58,7 +70,9 @@ async fn publish_raw(app: &TestApp, body: &[u8], message_id: &str) {
 }
 
 async fn failed_rows(app: &TestApp) -> Vec<Value> {
-    let (status, page) = app.admin(Method::GET, "/admin/failed-messages?limit=200").await;
+    let (status, page) = app
+        .admin(Method::GET, "/admin/failed-messages?limit=200")
+        .await;
     assert_eq!(status, StatusCode::OK, "{page}");
     page["items"].as_array().unwrap().clone()
 }
@@ -79,7 +93,12 @@ async fn malformed_and_non_utf8_messages_are_stored_at_once_with_their_bytes() {
     .expect("both messages stored");
     for (message_id, bytes) in [("poison-1", &not_json), ("poison-2", &not_utf8)] {
         let row = rows.iter().find(|r| r["message_id"] == message_id).unwrap();
-        let (status, detail) = app.admin(Method::GET, &format!("/admin/failed-messages/{}", row["id"].as_str().unwrap())).await;
+        let (status, detail) = app
+            .admin(
+                Method::GET,
+                &format!("/admin/failed-messages/{}", row["id"].as_str().unwrap()),
+            )
+            .await;
         assert_eq!(status, StatusCode::OK);
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(detail["body_hex"], hex, "bytes kept exactly");
@@ -102,7 +121,10 @@ async fn malformed_and_non_utf8_messages_are_stored_at_once_with_their_bytes() {
     let alert = alerts.lock().unwrap()[0].clone();
     assert_eq!(alert["msgtype"], "text");
     let content = alert["text"]["content"].as_str().unwrap();
-    assert!(content.contains("2 message(s)"), "one alert for the burst, with its count: {content}");
+    assert!(
+        content.contains("2 message(s)"),
+        "one alert for the burst, with its count: {content}"
+    );
 }
 
 #[tokio::test]
@@ -116,8 +138,16 @@ async fn a_locked_row_exhausts_the_retries_then_a_requeue_cancels_the_order() {
     let id = id_of(&app.create_order().await);
     // Hold the order's row lock: every cancel attempt times out on it (55P03, transient).
     let mut blocker = app.pool.begin().await.unwrap();
-    sqlx::query("select 1 from orders where id = $1 for update").bind(Uuid::parse_str(&id).unwrap()).execute(&mut *blocker).await.unwrap();
-    let row = poll(WITHIN, || async { failed_rows(&app).await.into_iter().next() }).await.expect("stored after the retries");
+    sqlx::query("select 1 from orders where id = $1 for update")
+        .bind(Uuid::parse_str(&id).unwrap())
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let row = poll(WITHIN, || async {
+        failed_rows(&app).await.into_iter().next()
+    })
+    .await
+    .expect("stored after the retries");
     blocker.rollback().await.unwrap();
     assert_eq!(row["message_id"], id);
     assert_eq!(row["error_class"], "transient");
@@ -125,18 +155,38 @@ async fn a_locked_row_exhausts_the_retries_then_a_requeue_cancels_the_order() {
     assert!(row["error"].as_str().unwrap().contains("lock"), "{row}");
     assert_eq!(row["headers"]["x-retry-count"], 2);
     assert_eq!(app.order_status(&id).await, "pending");
-    assert!(eventually(WITHIN, || async { !alerts.lock().unwrap().is_empty() }).await, "no alert");
+    assert!(
+        eventually(WITHIN, || async { !alerts.lock().unwrap().is_empty() }).await,
+        "no alert"
+    );
 
-    let path = format!("/admin/failed-messages/{}/requeue", row["id"].as_str().unwrap());
+    let path = format!(
+        "/admin/failed-messages/{}/requeue",
+        row["id"].as_str().unwrap()
+    );
     let (status, requeued) = app.admin(Method::POST, &path).await;
     assert_eq!(status, StatusCode::OK, "{requeued}");
     assert_eq!(requeued["status"], "requeued");
     assert!(requeued["resolved_at"].is_string(), "{requeued}");
     app.wait_for_order_status(&id, "cancelled", WITHIN).await;
     let (status, again) = app.admin(Method::POST, &path).await;
-    assert_eq!((status, again["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("already_resolved")));
-    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("order_timeout_retries_total{tier=\"2\"}"), "retries by tier");
+    assert_eq!(
+        (status, again["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("already_resolved"))
+    );
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("order_timeout_retries_total{tier=\"2\"}"),
+        "retries by tier"
+    );
     assert!(metrics.contains("order_timeout_requeued_total"), "requeues");
 }
 
@@ -162,7 +212,12 @@ async fn database_outage_goes_through_the_retry_tiers_without_blocking_and_loses
     proxy.down();
     // The timers come due while the database is away: they leave the due queue for the
     // first retry tier instead of waiting at its head.
-    let tiers: Vec<String> = app.topology.retry_delays_ms.iter().map(|ms| app.topology.retry_queue(*ms)).collect();
+    let tiers: Vec<String> = app
+        .topology
+        .retry_delays_ms
+        .iter()
+        .map(|ms| app.topology.retry_queue(*ms))
+        .collect();
     let mut seen_in_tier = vec![0u32; tiers.len()];
     let mut most_waiting = 0;
     let deadline = tokio::time::Instant::now() + WITHIN;
@@ -177,11 +232,27 @@ async fn database_outage_goes_through_the_retry_tiers_without_blocking_and_loses
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!("retry tiers, most messages seen: {seen_in_tier:?}");
-    assert!(seen_in_tier[0] > 0 && seen_in_tier[1] > 0, "timers did not pass through the retry tiers: {seen_in_tier:?}");
-    assert!(most_waiting >= 6, "only {most_waiting} timers waited in the tiers at once");
-    assert_eq!(app.queue_depth(&app.topology.due_queue).await, 0, "the due queue is not blocked");
+    assert!(
+        seen_in_tier[0] > 0 && seen_in_tier[1] > 0,
+        "timers did not pass through the retry tiers: {seen_in_tier:?}"
+    );
+    assert!(
+        most_waiting >= 6,
+        "only {most_waiting} timers waited in the tiers at once"
+    );
+    assert_eq!(
+        app.queue_depth(&app.topology.due_queue).await,
+        0,
+        "the due queue is not blocked"
+    );
     let (status, body) = app.post("/orders", crate::helpers::order_body()).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("database_unavailable")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("database_unavailable")
+        )
+    );
     proxy.up();
     for id in &unpaid {
         app.wait_for_order_status(id, "cancelled", WITHIN).await;
@@ -189,7 +260,10 @@ async fn database_outage_goes_through_the_retry_tiers_without_blocking_and_loses
     for id in &paid {
         assert_eq!(app.order_status(id).await, "paid");
     }
-    assert_eq!(app.count_orders("cancelled").await + app.count_orders("paid").await, 12);
+    assert_eq!(
+        app.count_orders("cancelled").await + app.count_orders("paid").await,
+        12
+    );
     assert!(failed_rows(&app).await.is_empty());
 }
 
@@ -204,11 +278,23 @@ async fn database_down_for_the_whole_retry_budget_parks_messages_and_a_replay_re
         unpaid.push(id_of(&app.create_order().await));
     }
     // Let the relay publish every timer, then take the database away.
-    let published = eventually(WITHIN, || async { app.queue_depth(&app.topology.cache_queue("order.2000")).await == 6 }).await;
+    let published = eventually(WITHIN, || async {
+        app.queue_depth(&app.topology.cache_queue("order.2000"))
+            .await
+            == 6
+    })
+    .await;
     assert!(published);
     proxy.down();
-    let parked = eventually(WITHIN, || async { app.queue_depth(&app.topology.parking_queue).await == 6 }).await;
-    assert!(parked, "parking depth {}", app.queue_depth(&app.topology.parking_queue).await);
+    let parked = eventually(WITHIN, || async {
+        app.queue_depth(&app.topology.parking_queue).await == 6
+    })
+    .await;
+    assert!(
+        parked,
+        "parking depth {}",
+        app.queue_depth(&app.topology.parking_queue).await
+    );
     proxy.up();
     let (status, body) = app.admin(Method::POST, "/admin/parking/requeue").await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -218,7 +304,10 @@ async fn database_down_for_the_whole_retry_budget_parks_messages_and_a_replay_re
     }
     assert_eq!(app.order_status(&paid).await, "paid");
     assert_eq!(app.queue_depth(&app.topology.parking_queue).await, 0);
-    assert_eq!(app.count_orders("cancelled").await + app.count_orders("paid").await, 6);
+    assert_eq!(
+        app.count_orders("cancelled").await + app.count_orders("paid").await,
+        6
+    );
 }
 
 #[tokio::test]
@@ -227,18 +316,52 @@ async fn admin_routes_need_the_token_and_are_off_without_one() {
     let url = app.url("/admin/failed-messages");
     let none = app.client.get(&url).send().await.unwrap();
     assert_eq!(none.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(none.json::<Value>().await.unwrap()["error"]["code"], "unauthorized");
-    let wrong = app.client.get(&url).bearer_auth("test-admin-tokem").send().await.unwrap();
+    assert_eq!(
+        none.json::<Value>().await.unwrap()["error"]["code"],
+        "unauthorized"
+    );
+    let wrong = app
+        .client
+        .get(&url)
+        .bearer_auth("test-admin-tokem")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
-    let right = app.client.get(&url).bearer_auth("test-admin-token").send().await.unwrap();
+    let right = app
+        .client
+        .get(&url)
+        .bearer_auth("test-admin-token")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(right.status(), StatusCode::OK);
     let disabled = TestApp::spawn_with(|c| c.admin_token = None).await;
-    let response = disabled.client.post(disabled.url("/admin/parking/requeue")).bearer_auth("anything").send().await.unwrap();
+    let response = disabled
+        .client
+        .post(disabled.url("/admin/parking/requeue"))
+        .bearer_auth("anything")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(response.json::<Value>().await.unwrap()["error"]["code"], "admin_disabled");
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["error"]["code"],
+        "admin_disabled"
+    );
     let empty = TestApp::spawn_with(|c| c.admin_token = Some(String::new())).await;
-    let response = empty.client.get(empty.url("/admin/failed-messages")).bearer_auth("").send().await.unwrap();
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "an empty ADMIN_TOKEN disables the admin API");
+    let response = empty
+        .client
+        .get(empty.url("/admin/failed-messages"))
+        .bearer_auth("")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "an empty ADMIN_TOKEN disables the admin API"
+    );
 }
 
 #[tokio::test]
@@ -254,24 +377,64 @@ async fn discard_keeps_the_row_and_requeue_all_filters_by_queue() {
     .await
     .expect("three stored");
     let first = rows[0]["id"].as_str().unwrap().to_owned();
-    let (status, _) = app.admin(Method::DELETE, &format!("/admin/failed-messages/{first}")).await;
+    let (status, _) = app
+        .admin(Method::DELETE, &format!("/admin/failed-messages/{first}"))
+        .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (_, discarded) = app.admin(Method::GET, "/admin/failed-messages?status=discarded").await;
+    let (_, discarded) = app
+        .admin(Method::GET, "/admin/failed-messages?status=discarded")
+        .await;
     assert_eq!(discarded["items"].as_array().unwrap().len(), 1);
-    let (status, body) = app.admin(Method::POST, &format!("/admin/failed-messages/{first}/requeue")).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("already_resolved")));
-    let (_, none) = app.admin(Method::POST, "/admin/failed-messages/requeue?queue=elsewhere").await;
+    let (status, body) = app
+        .admin(
+            Method::POST,
+            &format!("/admin/failed-messages/{first}/requeue"),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("already_resolved"))
+    );
+    let (_, none) = app
+        .admin(
+            Method::POST,
+            "/admin/failed-messages/requeue?queue=elsewhere",
+        )
+        .await;
     assert_eq!(none["requeued"], 0, "{none}");
-    let (status, all) = app.admin(Method::POST, &format!("/admin/failed-messages/requeue?queue={}", app.topology.due_queue)).await;
-    assert_eq!((status, all["requeued"].as_i64()), (StatusCode::OK, Some(2)));
+    let (status, all) = app
+        .admin(
+            Method::POST,
+            &format!(
+                "/admin/failed-messages/requeue?queue={}",
+                app.topology.due_queue
+            ),
+        )
+        .await;
+    assert_eq!(
+        (status, all["requeued"].as_i64()),
+        (StatusCode::OK, Some(2))
+    );
     // Garbage requeued is garbage again: stored anew, the old rows marked requeued.
     let stored_again = eventually(WITHIN, || async { failed_rows(&app).await.len() == 5 }).await;
     assert!(stored_again);
-    let (_, page) = app.admin(Method::GET, "/admin/failed-messages?limit=2").await;
+    let (_, page) = app
+        .admin(Method::GET, "/admin/failed-messages?limit=2")
+        .await;
     assert_eq!(page["items"].as_array().unwrap().len(), 2);
     let cursor = page["next"].as_str().unwrap();
-    let (_, rest) = app.admin(Method::GET, &format!("/admin/failed-messages?limit=2&after={cursor}")).await;
+    let (_, rest) = app
+        .admin(
+            Method::GET,
+            &format!("/admin/failed-messages?limit=2&after={cursor}"),
+        )
+        .await;
     assert_eq!(rest["items"].as_array().unwrap().len(), 2);
-    let (status, _) = app.admin(Method::GET, &format!("/admin/failed-messages/{}", Uuid::now_v7())).await;
+    let (status, _) = app
+        .admin(
+            Method::GET,
+            &format!("/admin/failed-messages/{}", Uuid::now_v7()),
+        )
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }

@@ -4,16 +4,19 @@
 use std::future::Future;
 use std::time::Duration;
 
-use lapin::options::{BasicGetOptions, BasicNackOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicGetOptions, BasicNackOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 use order_timeout::broker::Topology;
 use order_timeout::config::Config;
-use order_timeout::startup::{topology_of, Application};
+use order_timeout::startup::{Application, topology_of};
 use reqwest::StatusCode;
-use serde_json::{json, Value};
-use sqlx::postgres::PgPoolOptions;
+use serde_json::{Value, json};
 use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -35,7 +38,11 @@ impl TestEnv {
         let db_name = format!("ot_test_{}", &suffix[..16]);
         let prefix = format!("ot_test_{}", &suffix[..16]);
         let database_url = format!("postgres://postgres@127.0.0.1:5432/{db_name}");
-        Self { db_name, prefix, database_url }
+        Self {
+            db_name,
+            prefix,
+            database_url,
+        }
     }
 }
 
@@ -45,9 +52,16 @@ impl Drop for TestEnv {
         let prefix = self.prefix.clone();
         // The test's runtime may be gone (or panicking): clean up on a fresh one.
         let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
             runtime.block_on(async move {
-                if let Ok(pool) = PgPoolOptions::new().max_connections(1).connect(PG_ADMIN_URL).await {
+                if let Ok(pool) = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect(PG_ADMIN_URL)
+                    .await
+                {
                     let sql = format!("drop database if exists \"{db_name}\" with (force)");
                     let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
                     pool.close().await;
@@ -62,25 +76,36 @@ impl Drop for TestEnv {
 /// Deletes every queue and exchange whose name starts with `prefix.`, including the
 /// ones a test declared itself.
 async fn delete_topology(prefix: &str) {
-    let Ok(connection) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await else { return };
+    let Ok(connection) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await
+    else {
+        return;
+    };
     let queues = list_broker_names("list_queues", prefix);
     let exchanges = list_broker_names("list_exchanges", prefix);
     for queue in queues {
         if let Ok(channel) = connection.create_channel().await {
-            let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+            let _ = channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
         }
     }
     for exchange in exchanges {
         if let Ok(channel) = connection.create_channel().await {
-            let _ = channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+            let _ = channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
         }
     }
     let _ = connection.close(200, "cleaned".into()).await;
 }
 
 fn list_broker_names(command: &str, prefix: &str) -> Vec<String> {
-    let output = std::process::Command::new("rabbitmqctl").args([command, "name", "--quiet", "--no-table-headers"]).output();
-    let Ok(output) = output else { return Vec::new() };
+    let output = std::process::Command::new("rabbitmqctl")
+        .args([command, "name", "--quiet", "--no-table-headers"])
+        .output();
+    let Ok(output) = output else {
+        return Vec::new();
+    };
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .map(str::trim)
@@ -178,9 +203,22 @@ impl TestApp {
         tweak(&mut config);
         let topology = topology_of(&config);
         let instance = start(config).await;
-        let pool = PgPoolOptions::new().max_connections(3).connect(&env.database_url).await.expect("test pool");
-        let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default()).await.expect("test amqp");
-        let app = Self { instance, client: reqwest::Client::new(), pool, topology, amqp, env };
+        let pool = PgPoolOptions::new()
+            .max_connections(3)
+            .connect(&env.database_url)
+            .await
+            .expect("test pool");
+        let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default())
+            .await
+            .expect("test amqp");
+        let app = Self {
+            instance,
+            client: reqwest::Client::new(),
+            pool,
+            topology,
+            amqp,
+            env,
+        };
         if app.instance.config.amqp_url == AMQP_URL {
             app.wait_ready().await;
         }
@@ -203,7 +241,10 @@ impl TestApp {
         let ready = || async {
             matches!(self.client.get(self.url("/readyz")).send().await, Ok(r) if r.status() == StatusCode::OK)
         };
-        assert!(eventually(Duration::from_secs(15), ready).await, "service never became ready");
+        assert!(
+            eventually(Duration::from_secs(15), ready).await,
+            "service never became ready"
+        );
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
@@ -215,7 +256,12 @@ impl TestApp {
     }
 
     pub async fn admin(&self, method: reqwest::Method, path: &str) -> (StatusCode, Value) {
-        send(self.client.request(method, self.url(path)).bearer_auth("test-admin-token")).await
+        send(
+            self.client
+                .request(method, self.url(path))
+                .bearer_auth("test-admin-token"),
+        )
+        .await
     }
 
     /// Creates an order and returns it; panics unless 201.
@@ -239,24 +285,39 @@ impl TestApp {
     /// The status column of an order, read from the database.
     pub async fn order_status(&self, id: &str) -> String {
         let id = Uuid::parse_str(id).expect("uuid");
-        sqlx::query_scalar("select status from orders where id = $1").bind(id).fetch_one(&self.pool).await.expect("order row")
+        sqlx::query_scalar("select status from orders where id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .expect("order row")
     }
 
     /// Waits until the order has `status`, failing after `within`.
     pub async fn wait_for_order_status(&self, id: &str, status: &str, within: Duration) {
         let reached = eventually(within, || async { self.order_status(id).await == status }).await;
-        assert!(reached, "order {id} did not become {status} within {within:?}, it is {}", self.order_status(id).await);
+        assert!(
+            reached,
+            "order {id} did not become {status} within {within:?}, it is {}",
+            self.order_status(id).await
+        );
     }
 
     /// Counts orders by status.
     pub async fn count_orders(&self, status: &str) -> i64 {
-        sqlx::query_scalar("select count(*) from orders where status = $1").bind(status).fetch_one(&self.pool).await.expect("count")
+        sqlx::query_scalar("select count(*) from orders where status = $1")
+            .bind(status)
+            .fetch_one(&self.pool)
+            .await
+            .expect("count")
     }
 
     /// The database's clock now (read on the test's own pool, so it works while the
     /// service's path to the database is cut).
     pub async fn db_now(&self) -> chrono::DateTime<chrono::Utc> {
-        sqlx::query_scalar("select clock_timestamp()").fetch_one(&self.pool).await.expect("db now")
+        sqlx::query_scalar("select clock_timestamp()")
+            .fetch_one(&self.pool)
+            .await
+            .expect("db now")
     }
 
     /// A fresh channel on the test's own broker connection.
@@ -270,10 +331,22 @@ impl TestApp {
         let channel = self.channel().await;
         // Durable, so events waiting in it survive a broker restart; the test's clean-up
         // deletes it with the rest of the prefix.
-        let options = QueueDeclareOptions { durable: true, ..Default::default() };
-        channel.queue_declare(queue.as_str().into(), options, FieldTable::default()).await.expect("declare");
+        let options = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
         channel
-            .queue_bind(queue.as_str().into(), self.topology.events_exchange.as_str().into(), "#".into(), QueueBindOptions::default(), FieldTable::default())
+            .queue_declare(queue.as_str().into(), options, FieldTable::default())
+            .await
+            .expect("declare");
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                self.topology.events_exchange.as_str().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .expect("bind");
         queue
@@ -283,7 +356,11 @@ impl TestApp {
     pub async fn drain(&self, queue: &str) -> Vec<(String, Value)> {
         let channel = self.channel().await;
         let mut messages = Vec::new();
-        while let Some(message) = channel.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await.expect("get") {
+        while let Some(message) = channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("get")
+        {
             let body = serde_json::from_slice(&message.delivery.data).unwrap_or(Value::Null);
             messages.push((message.delivery.routing_key.to_string(), body));
         }
@@ -293,33 +370,60 @@ impl TestApp {
     /// Number of messages ready in a queue.
     pub async fn queue_depth(&self, queue: &str) -> u32 {
         let channel = self.channel().await;
-        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-        channel.queue_declare(queue.into(), passive, FieldTable::default()).await.map(|q| q.message_count()).unwrap_or(0)
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+            .map(|q| q.message_count())
+            .unwrap_or(0)
     }
 
     /// Looks at the first message of a queue without consuming it.
     pub async fn peek(&self, queue: &str) -> Option<lapin::message::Delivery> {
         let channel = self.channel().await;
-        let message = channel.basic_get(queue.into(), BasicGetOptions::default()).await.expect("get")?;
+        let message = channel
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+            .expect("get")?;
         let delivery = message.delivery;
-        delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.expect("nack");
+        delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await
+            .expect("nack");
         Some(delivery)
     }
 }
 
 async fn start(config: Config) -> Instance {
-    let app = Application::build(config.clone()).await.expect("build application");
+    let app = Application::build(config.clone())
+        .await
+        .expect("build application");
     let address = format!("http://{}", app.address());
     let shutdown = app.shutdown_token();
     let handle = tokio::spawn(app.run_until_stopped());
-    Instance { address, config, shutdown, handle: Some(handle) }
+    Instance {
+        address,
+        config,
+        shutdown,
+        handle: Some(handle),
+    }
 }
 
 async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
     let response = request.send().await.expect("request");
     let status = response.status();
     let text = response.text().await.expect("body");
-    let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
     (status, body)
 }
 
@@ -328,9 +432,15 @@ async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
 pub fn via_port(url: &str, port: u16) -> String {
     let (scheme, rest) = url.split_once("://").expect("url with a scheme");
     let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-    let (userinfo, host_port) = authority.rsplit_once('@').map_or(("", authority), |(u, h)| (u, h));
+    let (userinfo, host_port) = authority
+        .rsplit_once('@')
+        .map_or(("", authority), |(u, h)| (u, h));
     let host = host_port.rsplit_once(':').map_or(host_port, |(h, _)| h);
-    let userinfo = if userinfo.is_empty() { String::new() } else { format!("{userinfo}@") };
+    let userinfo = if userinfo.is_empty() {
+        String::new()
+    } else {
+        format!("{userinfo}@")
+    };
     format!("{scheme}://{userinfo}{host}:{port}/{path}")
 }
 

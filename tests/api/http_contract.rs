@@ -2,22 +2,30 @@
 //! idempotency. Bad input never changes anything and never yields a 500.
 
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use crate::helpers::{id_of, order_body, TestApp};
+use crate::helpers::{TestApp, id_of, order_body};
 
 #[tokio::test]
 async fn create_returns_201_with_location_and_a_pending_order_expiring_after_the_timeout() {
     let app = TestApp::spawn().await;
-    let response = app.client.post(app.url("/orders")).json(&order_body()).send().await.unwrap();
+    let response = app
+        .client
+        .post(app.url("/orders"))
+        .json(&order_body())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
     let location = response.headers()["location"].to_str().unwrap().to_owned();
     let order: Value = response.json().await.unwrap();
     assert_eq!(location, format!("/orders/{}", id_of(&order)));
     assert_eq!(order["status"], "pending");
     assert_eq!(order["amount_cents"], 2500);
-    let created = chrono::DateTime::parse_from_rfc3339(order["created_at"].as_str().unwrap()).unwrap();
-    let expires = chrono::DateTime::parse_from_rfc3339(order["expires_at"].as_str().unwrap()).unwrap();
+    let created =
+        chrono::DateTime::parse_from_rfc3339(order["created_at"].as_str().unwrap()).unwrap();
+    let expires =
+        chrono::DateTime::parse_from_rfc3339(order["expires_at"].as_str().unwrap()).unwrap();
     assert_eq!((expires - created).num_milliseconds(), 2000);
     let (status, fetched) = app.get(&location).await;
     assert_eq!(status, StatusCode::OK);
@@ -29,18 +37,48 @@ async fn invalid_bodies_are_refused_with_the_field_and_store_nothing() {
     let app = TestApp::spawn().await;
     let cases = [
         (json!({"amount_cents": 1, "currency": "EUR"}), "customer_id"),
-        (json!({"customer_id": "c", "amount_cents": 0, "currency": "EUR"}), "amount_cents"),
-        (json!({"customer_id": "c", "amount_cents": -3, "currency": "EUR"}), "amount_cents"),
-        (json!({"customer_id": "c", "amount_cents": 1.5, "currency": "EUR"}), "amount_cents"),
-        (json!({"customer_id": "c", "amount_cents": "12", "currency": "EUR"}), "amount_cents"),
-        (json!({"customer_id": "c", "amount_cents": 1, "currency": "eur"}), "currency"),
-        (json!({"customer_id": "c", "amount_cents": 1, "currency": "EURO"}), "currency"),
-        (json!({"customer_id": "", "amount_cents": 1, "currency": "EUR"}), "customer_id"),
-        (json!({"customer_id": "c", "amount_cents": 1, "currency": "EUR", "extra": true}), "extra"),
-        (json!({"customer_id": "c", "amount_cents": 10, "currency": "EUR",
-                "items": [{"sku": "a", "quantity": 1, "unit_price_cents": 9}]}), "items"),
-        (json!({"customer_id": "c", "amount_cents": 10, "currency": "EUR",
-                "items": [{"sku": "a", "quantity": 0, "unit_price_cents": 10}]}), "items[0].quantity"),
+        (
+            json!({"customer_id": "c", "amount_cents": 0, "currency": "EUR"}),
+            "amount_cents",
+        ),
+        (
+            json!({"customer_id": "c", "amount_cents": -3, "currency": "EUR"}),
+            "amount_cents",
+        ),
+        (
+            json!({"customer_id": "c", "amount_cents": 1.5, "currency": "EUR"}),
+            "amount_cents",
+        ),
+        (
+            json!({"customer_id": "c", "amount_cents": "12", "currency": "EUR"}),
+            "amount_cents",
+        ),
+        (
+            json!({"customer_id": "c", "amount_cents": 1, "currency": "eur"}),
+            "currency",
+        ),
+        (
+            json!({"customer_id": "c", "amount_cents": 1, "currency": "EURO"}),
+            "currency",
+        ),
+        (
+            json!({"customer_id": "", "amount_cents": 1, "currency": "EUR"}),
+            "customer_id",
+        ),
+        (
+            json!({"customer_id": "c", "amount_cents": 1, "currency": "EUR", "extra": true}),
+            "extra",
+        ),
+        (
+            json!({"customer_id": "c", "amount_cents": 10, "currency": "EUR",
+                "items": [{"sku": "a", "quantity": 1, "unit_price_cents": 9}]}),
+            "items",
+        ),
+        (
+            json!({"customer_id": "c", "amount_cents": 10, "currency": "EUR",
+                "items": [{"sku": "a", "quantity": 0, "unit_price_cents": 10}]}),
+            "items[0].quantity",
+        ),
         (json!([1, 2]), "body"),
     ];
     for (body, field) in cases {
@@ -49,8 +87,14 @@ async fn invalid_bodies_are_refused_with_the_field_and_store_nothing() {
         assert_eq!(error["error"]["code"], "validation_failed", "{body}");
         assert_eq!(error["error"]["field"], field, "{body}: {error}");
     }
-    let rows: i64 = sqlx::query_scalar("select count(*) from orders").fetch_one(&app.pool).await.unwrap();
-    let outbox: i64 = sqlx::query_scalar("select count(*) from outbox").fetch_one(&app.pool).await.unwrap();
+    let rows: i64 = sqlx::query_scalar("select count(*) from orders")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let outbox: i64 = sqlx::query_scalar("select count(*) from outbox")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
     assert_eq!((rows, outbox), (0, 0));
 }
 
@@ -58,13 +102,25 @@ async fn invalid_bodies_are_refused_with_the_field_and_store_nothing() {
 async fn malformed_json_is_400_and_oversized_bodies_413() {
     let app = TestApp::spawn().await;
     for raw in ["{", "not json", "{\"customer_id\": }", "\u{0}"] {
-        let response = app.client.post(app.url("/orders")).body(raw).send().await.unwrap();
+        let response = app
+            .client
+            .post(app.url("/orders"))
+            .body(raw)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{raw:?}");
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["error"]["code"], "invalid_json");
     }
     let huge = format!("{{\"customer_id\": \"{}\"}}", "x".repeat(70 * 1024));
-    let response = app.client.post(app.url("/orders")).body(huge).send().await.unwrap();
+    let response = app
+        .client
+        .post(app.url("/orders"))
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "payload_too_large");
@@ -74,13 +130,27 @@ async fn malformed_json_is_400_and_oversized_bodies_413() {
 async fn ids_routes_and_methods_give_json_errors() {
     let app = TestApp::spawn().await;
     let (status, body) = app.get("/orders/not-a-uuid").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_id")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_id"))
+    );
     let (status, body) = app.get(&format!("/orders/{}", uuid::Uuid::now_v7())).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
-    let (status, body) = app.post(&format!("/orders/{}/pay", uuid::Uuid::now_v7()), json!({})).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    let (status, body) = app
+        .post(&format!("/orders/{}/pay", uuid::Uuid::now_v7()), json!({}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
     let (status, body) = app.get("/no/such/route").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
     let response = app.client.delete(app.url("/orders")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
     let body: Value = response.json().await.unwrap();
@@ -90,7 +160,13 @@ async fn ids_routes_and_methods_give_json_errors() {
 #[tokio::test]
 async fn the_same_idempotency_key_replays_and_a_reused_key_is_refused() {
     let app = TestApp::spawn().await;
-    let post = |body: Value| app.client.post(app.url("/orders")).header("Idempotency-Key", "key-1").json(&body).send();
+    let post = |body: Value| {
+        app.client
+            .post(app.url("/orders"))
+            .header("Idempotency-Key", "key-1")
+            .json(&body)
+            .send()
+    };
     let first = post(order_body()).await.unwrap();
     assert_eq!(first.status(), StatusCode::CREATED);
     let first: Value = first.json().await.unwrap();
@@ -98,15 +174,24 @@ async fn the_same_idempotency_key_replays_and_a_reused_key_is_refused() {
     assert_eq!(replay.status(), StatusCode::OK);
     assert_eq!(replay.json::<Value>().await.unwrap(), first);
     // The same document with other whitespace and key order is the same request.
-    let reordered = app.client.post(app.url("/orders")).header("Idempotency-Key", "key-1")
+    let reordered = app
+        .client
+        .post(app.url("/orders"))
+        .header("Idempotency-Key", "key-1")
         .header("content-type", "application/json")
-        .body(r#"{ "currency": "EUR",  "amount_cents": 2500, "customer_id": "cust-1" }"#).send().await.unwrap();
+        .body(r#"{ "currency": "EUR",  "amount_cents": 2500, "customer_id": "cust-1" }"#)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(reordered.status(), StatusCode::OK);
     let mut other = order_body();
     other["amount_cents"] = json!(9999);
     let reused = post(other).await.unwrap();
     assert_eq!(reused.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(reused.json::<Value>().await.unwrap()["error"]["code"], "idempotency_key_reused");
+    assert_eq!(
+        reused.json::<Value>().await.unwrap()["error"]["code"],
+        "idempotency_key_reused"
+    );
     assert_eq!(app.count_orders("pending").await, 1);
 }
 
@@ -114,7 +199,11 @@ async fn the_same_idempotency_key_replays_and_a_reused_key_is_refused() {
 async fn concurrent_creates_with_one_key_make_one_order() {
     let app = TestApp::spawn().await;
     let requests = (0..8).map(|_| {
-        app.client.post(app.url("/orders")).header("Idempotency-Key", "same").json(&order_body()).send()
+        app.client
+            .post(app.url("/orders"))
+            .header("Idempotency-Key", "same")
+            .json(&order_body())
+            .send()
     });
     let responses = futures_util::future::join_all(requests).await;
     let mut ids = Vec::new();
@@ -141,20 +230,46 @@ async fn listing_pages_newest_first_with_filters() {
     app.pay(&created[4]).await;
     let (status, page) = app.get("/orders?limit=2").await;
     assert_eq!(status, StatusCode::OK);
-    let ids: Vec<String> = page["items"].as_array().unwrap().iter().map(id_of).collect();
+    let ids: Vec<String> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(id_of)
+        .collect();
     assert_eq!(ids, vec![created[4].clone(), created[3].clone()]);
     let next = page["next"].as_str().unwrap();
     let (_, page2) = app.get(&format!("/orders?limit=2&after={next}")).await;
-    let ids: Vec<String> = page2["items"].as_array().unwrap().iter().map(id_of).collect();
+    let ids: Vec<String> = page2["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(id_of)
+        .collect();
     assert_eq!(ids, vec![created[2].clone(), created[1].clone()]);
     let (_, exact) = app.get("/orders?limit=5").await;
     assert_eq!(exact["items"].as_array().unwrap().len(), 5);
-    assert!(exact["next"].is_null(), "a full last page has no next cursor");
+    assert!(
+        exact["next"].is_null(),
+        "a full last page has no next cursor"
+    );
     let (_, evens) = app.get("/orders?customer_id=even&status=pending").await;
-    let ids: Vec<String> = evens["items"].as_array().unwrap().iter().map(id_of).collect();
+    let ids: Vec<String> = evens["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(id_of)
+        .collect();
     assert_eq!(ids, vec![created[2].clone(), created[0].clone()]);
     assert!(evens["next"].is_null());
-    for bad in ["/orders?limit=0", "/orders?limit=201", "/orders?limit=x", "/orders?status=lost", "/orders?after=zzz", "/orders?colour=red", "/orders?customer_id=a%00b"] {
+    for bad in [
+        "/orders?limit=0",
+        "/orders?limit=201",
+        "/orders?limit=x",
+        "/orders?status=lost",
+        "/orders?after=zzz",
+        "/orders?colour=red",
+        "/orders?customer_id=a%00b",
+    ] {
         let (status, body) = app.get(bad).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
         assert_eq!(body["error"]["code"], "validation_failed");
@@ -171,7 +286,10 @@ async fn pay_is_idempotent_and_cancel_of_a_paid_order_is_refused() {
     let (status, again) = app.pay(&id).await;
     assert_eq!((status, &again), (StatusCode::OK, &paid));
     let (status, body) = app.post(&format!("/orders/{id}/cancel"), json!({})).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("order_paid")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("order_paid"))
+    );
 }
 
 #[tokio::test]
@@ -184,7 +302,10 @@ async fn customer_cancel_then_pay_is_refused() {
     let (status, again) = app.post(&format!("/orders/{id}/cancel"), json!({})).await;
     assert_eq!((status, again), (StatusCode::OK, cancelled));
     let (status, body) = app.pay(&id).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("order_cancelled")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("order_cancelled"))
+    );
 }
 
 #[tokio::test]
@@ -192,23 +313,71 @@ async fn waybills_follow_the_same_pattern() {
     let app = TestApp::spawn().await;
     let id = id_of(&app.create_waybill().await);
     let (status, body) = app.post(&format!("/waybills/{id}/accept"), json!({})).await;
-    assert_eq!((status, body["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("carrier_id")));
-    let (status, accepted) = app.post(&format!("/waybills/{id}/accept"), json!({"carrier_id": "dhl"})).await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("carrier_id"))
+    );
+    let (status, accepted) = app
+        .post(
+            &format!("/waybills/{id}/accept"),
+            json!({"carrier_id": "dhl"}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!((accepted["status"].as_str(), accepted["carrier_id"].as_str()), (Some("accepted"), Some("dhl")));
-    let (status, _) = app.post(&format!("/waybills/{id}/accept"), json!({"carrier_id": "dhl"})).await;
+    assert_eq!(
+        (accepted["status"].as_str(), accepted["carrier_id"].as_str()),
+        (Some("accepted"), Some("dhl"))
+    );
+    let (status, _) = app
+        .post(
+            &format!("/waybills/{id}/accept"),
+            json!({"carrier_id": "dhl"}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
-    let (status, body) = app.post(&format!("/waybills/{id}/accept"), json!({"carrier_id": "ups"})).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("waybill_accepted")));
+    let (status, body) = app
+        .post(
+            &format!("/waybills/{id}/accept"),
+            json!({"carrier_id": "ups"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("waybill_accepted"))
+    );
     let (status, body) = app.post(&format!("/waybills/{id}/cancel"), json!({})).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("waybill_accepted")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("waybill_accepted"))
+    );
     let other = id_of(&app.create_waybill().await);
-    let (status, cancelled) = app.post(&format!("/waybills/{other}/cancel"), json!({})).await;
-    assert_eq!((status, cancelled["cancel_reason"].as_str()), (StatusCode::OK, Some("shipper_request")));
-    let (status, body) = app.post(&format!("/waybills/{other}/accept"), json!({"carrier_id": "dhl"})).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("waybill_cancelled")));
-    let (status, body) = app.post("/waybills", json!({"origin": "A", "destination": "B", "order_id": "nope"})).await;
-    assert_eq!((status, body["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("order_id")));
+    let (status, cancelled) = app
+        .post(&format!("/waybills/{other}/cancel"), json!({}))
+        .await;
+    assert_eq!(
+        (status, cancelled["cancel_reason"].as_str()),
+        (StatusCode::OK, Some("shipper_request"))
+    );
+    let (status, body) = app
+        .post(
+            &format!("/waybills/{other}/accept"),
+            json!({"carrier_id": "dhl"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("waybill_cancelled"))
+    );
+    let (status, body) = app
+        .post(
+            "/waybills",
+            json!({"origin": "A", "destination": "B", "order_id": "nope"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("order_id"))
+    );
 }
 
 #[tokio::test]
@@ -220,11 +389,36 @@ async fn health_readiness_metrics_and_spec_are_served() {
     let (status, ready) = app.get("/readyz").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(ready["checks"], json!({"database": "up", "broker": "up"}));
-    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("order_timeout_entities_total"), "{metrics}");
-    assert!(metrics.contains("order_timeout_outbox_backlog"), "{metrics}");
-    let spec = app.client.get(app.url("/openapi.yaml")).send().await.unwrap().text().await.unwrap();
-    assert_eq!(spec, std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap());
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("order_timeout_entities_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("order_timeout_outbox_backlog"),
+        "{metrics}"
+    );
+    let spec = app
+        .client
+        .get(app.url("/openapi.yaml"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        spec,
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap()
+    );
 }
 
 #[tokio::test]
@@ -232,14 +426,35 @@ async fn no_hostile_value_in_any_field_yields_a_500() {
     let app = TestApp::spawn().await;
     let waybill = id_of(&app.create_waybill().await);
     let hostile = [
-        Value::Null, json!(true), json!(0), json!(-1), json!(1e308), json!(u64::MAX), json!(i64::MIN),
-        json!(""), json!(" "), json!("\u{0}"), json!("a\u{0}b"), json!("😀".repeat(300)), json!("<script>x</script>"),
-        json!([]), json!([null]), json!({}), json!({"a": {"b": [1, {"c": null}]}}), json!("x".repeat(5000)),
+        Value::Null,
+        json!(true),
+        json!(0),
+        json!(-1),
+        json!(1e308),
+        json!(u64::MAX),
+        json!(i64::MIN),
+        json!(""),
+        json!(" "),
+        json!("\u{0}"),
+        json!("a\u{0}b"),
+        json!("😀".repeat(300)),
+        json!("<script>x</script>"),
+        json!([]),
+        json!([null]),
+        json!({}),
+        json!({"a": {"b": [1, {"c": null}]}}),
+        json!("x".repeat(5000)),
     ];
     let targets = [
         ("/orders".to_owned(), order_body()),
-        ("/waybills".to_owned(), json!({"origin": "A", "destination": "B", "order_id": uuid::Uuid::now_v7()})),
-        (format!("/waybills/{waybill}/accept"), json!({"carrier_id": "c"})),
+        (
+            "/waybills".to_owned(),
+            json!({"origin": "A", "destination": "B", "order_id": uuid::Uuid::now_v7()}),
+        ),
+        (
+            format!("/waybills/{waybill}/accept"),
+            json!({"carrier_id": "c"}),
+        ),
     ];
     let mut tried = 0;
     for (path, valid) in &targets {
@@ -254,7 +469,13 @@ async fn no_hostile_value_in_any_field_yields_a_500() {
             }
         }
     }
-    for query in ["status=%FF", "customer_id=%F0%28%8C%BC", "limit=-1", "after=00000000-0000-0000-0000-000000000000", "limit=99999999999999999999"] {
+    for query in [
+        "status=%FF",
+        "customer_id=%F0%28%8C%BC",
+        "limit=-1",
+        "after=00000000-0000-0000-0000-000000000000",
+        "limit=99999999999999999999",
+    ] {
         let (status, answer) = app.get(&format!("/orders?{query}")).await;
         assert!(status.as_u16() < 500, "{query} -> {status} {answer}");
     }

@@ -4,9 +4,9 @@
 mod helpers;
 mod proxy;
 
+mod chaos;
 mod console;
 mod failures;
 mod http_contract;
 mod openapi;
 mod timers;
-mod chaos;

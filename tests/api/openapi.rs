@@ -8,15 +8,21 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use reqwest::{Method, RequestBuilder, StatusCode};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{id_of, TestApp};
+use crate::helpers::{TestApp, id_of};
 use crate::proxy::FaultProxy;
 
 const ADMIN_TOKEN: &str = "test-admin-token";
 /// The methods probed on every documented path (HEAD and OPTIONS are axum's own).
-const METHODS: [Method; 5] = [Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE];
+const METHODS: [Method; 5] = [
+    Method::GET,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+];
 /// A broker address nothing listens on.
 const DEAD_AMQP: &str = "amqp://guest:guest@127.0.0.1:1/%2f";
 
@@ -53,8 +59,13 @@ impl Spec {
     /// Follows local `$ref`s until a real object.
     fn resolve<'a>(&'a self, mut value: &'a Value) -> &'a Value {
         while let Some(reference) = value.get("$ref").and_then(Value::as_str) {
-            let pointer = reference.strip_prefix('#').unwrap_or_else(|| panic!("non-local $ref {reference}"));
-            value = self.0.pointer(pointer).unwrap_or_else(|| panic!("dangling $ref {reference}"));
+            let pointer = reference
+                .strip_prefix('#')
+                .unwrap_or_else(|| panic!("non-local $ref {reference}"));
+            value = self
+                .0
+                .pointer(pointer)
+                .unwrap_or_else(|| panic!("dangling $ref {reference}"));
         }
         value
     }
@@ -71,7 +82,12 @@ impl Spec {
     /// the `uuid` and `date-time` formats.
     fn validate(&self, schema: &Value, value: &Value, at: &str, errors: &mut Vec<String>) {
         let schema = self.resolve(schema);
-        for part in schema.get("allOf").and_then(Value::as_array).into_iter().flatten() {
+        for part in schema
+            .get("allOf")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             self.validate(part, value, at, errors);
         }
         if let Some(choices) = schema.get("oneOf").and_then(Value::as_array) {
@@ -81,7 +97,9 @@ impl Spec {
                 choice_errors.is_empty()
             });
             if matching.count() != 1 {
-                errors.push(format!("{at}: {value} does not match exactly one of {choices:?}"));
+                errors.push(format!(
+                    "{at}: {value} does not match exactly one of {choices:?}"
+                ));
             }
         }
         if let Some(types) = schema.get("type") {
@@ -107,7 +125,12 @@ impl Spec {
         }
         match value {
             Value::Object(map) => {
-                for name in schema.get("required").and_then(Value::as_array).into_iter().flatten() {
+                for name in schema
+                    .get("required")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
                     let name = name.as_str().expect("required names");
                     if !map.contains_key(name) {
                         errors.push(format!("{at}: required property {name} is missing"));
@@ -116,7 +139,9 @@ impl Spec {
                 let properties = schema.get("properties").and_then(Value::as_object);
                 for (name, member) in map {
                     match properties.and_then(|p| p.get(name)) {
-                        Some(member_schema) => self.validate(member_schema, member, &format!("{at}.{name}"), errors),
+                        Some(member_schema) => {
+                            self.validate(member_schema, member, &format!("{at}.{name}"), errors)
+                        }
                         None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => {
                             errors.push(format!("{at}: undocumented property {name}"));
                         }
@@ -130,10 +155,24 @@ impl Spec {
                         self.validate(item_schema, item, &format!("{at}[{i}]"), errors);
                     }
                 }
-                check_bounds(schema, "minItems", "maxItems", items.len() as f64, at, errors);
+                check_bounds(
+                    schema,
+                    "minItems",
+                    "maxItems",
+                    items.len() as f64,
+                    at,
+                    errors,
+                );
             }
             Value::String(text) => {
-                check_bounds(schema, "minLength", "maxLength", text.chars().count() as f64, at, errors);
+                check_bounds(
+                    schema,
+                    "minLength",
+                    "maxLength",
+                    text.chars().count() as f64,
+                    at,
+                    errors,
+                );
                 let well_formed = match schema.get("format").and_then(Value::as_str) {
                     Some("uuid") => Uuid::parse_str(text).is_ok(),
                     Some("date-time") => chrono::DateTime::parse_from_rfc3339(text).is_ok(),
@@ -144,7 +183,14 @@ impl Spec {
                 }
             }
             Value::Number(number) => {
-                check_bounds(schema, "minimum", "maximum", number.as_f64().unwrap_or_default(), at, errors);
+                check_bounds(
+                    schema,
+                    "minimum",
+                    "maximum",
+                    number.as_f64().unwrap_or_default(),
+                    at,
+                    errors,
+                );
             }
             Value::Bool(_) | Value::Null => {}
         }
@@ -155,32 +201,54 @@ impl Spec {
     /// on an undocumented status, a missing required header, an undocumented content
     /// type, or a body that does not match the documented schema.
     fn check(&self, method: &Method, template: &str, answer: Answer) -> (StatusCode, Value) {
-        let Answer { status, headers, text } = answer;
+        let Answer {
+            status,
+            headers,
+            text,
+        } = answer;
         let what = format!("{method} {template} answered {status} {text}");
         let documented = self.operation(method, template)["responses"]
             .get(status.as_str())
             .unwrap_or_else(|| panic!("{what}: status {} is not documented", status.as_u16()));
         let documented = self.resolve(documented);
-        for (name, header) in documented.get("headers").and_then(Value::as_object).into_iter().flatten() {
+        for (name, header) in documented
+            .get("headers")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
             let header = self.resolve(header);
             if header["required"] == json!(true) {
-                assert!(headers.contains_key(name.as_str()), "{what}: required header {name} is missing");
+                assert!(
+                    headers.contains_key(name.as_str()),
+                    "{what}: required header {name} is missing"
+                );
             }
         }
         let Some(content) = documented.get("content").and_then(Value::as_object) else {
             assert!(text.is_empty(), "{what}: a body where none is documented");
             return (status, Value::Null);
         };
-        let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+        let content_type = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         let media_type = content_type.split(';').next().unwrap_or("").trim();
-        let media = content.get(media_type).unwrap_or_else(|| panic!("{what}: content type {content_type:?} is not documented"));
+        let media = content
+            .get(media_type)
+            .unwrap_or_else(|| panic!("{what}: content type {content_type:?} is not documented"));
         if media_type != "application/json" {
             return (status, Value::String(text));
         }
-        let body: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{what}: not JSON: {e}"));
+        let body: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{what}: not JSON: {e}"));
         let mut errors = Vec::new();
         self.validate(&media["schema"], &body, "body", &mut errors);
-        assert!(errors.is_empty(), "{what}: does not match the documented schema:\n{}", errors.join("\n"));
+        assert!(
+            errors.is_empty(),
+            "{what}: does not match the documented schema:\n{}",
+            errors.join("\n")
+        );
         (status, body)
     }
 }
@@ -197,13 +265,18 @@ impl Answer {
         let status = response.status();
         let headers = response.headers().clone();
         let text = response.text().await.expect("body");
-        Self { status, headers, text }
+        Self {
+            status,
+            headers,
+            text,
+        }
     }
 
     /// The router's answer to a path it does not serve.
     fn is_unknown_route(&self) -> bool {
         let body: Value = serde_json::from_str(&self.text).unwrap_or(Value::Null);
-        self.status == StatusCode::NOT_FOUND && body == json!({"error": {"code": "not_found", "message": "no such route"}})
+        self.status == StatusCode::NOT_FOUND
+            && body == json!({"error": {"code": "not_found", "message": "no such route"}})
     }
 }
 
@@ -220,7 +293,14 @@ fn has_type(value: &Value, name: &str) -> bool {
     }
 }
 
-fn check_bounds(schema: &Value, low: &str, high: &str, actual: f64, at: &str, errors: &mut Vec<String>) {
+fn check_bounds(
+    schema: &Value,
+    low: &str,
+    high: &str,
+    actual: f64,
+    at: &str,
+    errors: &mut Vec<String>,
+) {
     if let Some(min) = schema.get(low).and_then(Value::as_f64)
         && actual < min
     {
@@ -239,7 +319,9 @@ fn references(value: &Value, at: String, found: &mut Vec<(String, String)>) {
         Value::Object(map) => {
             for (key, member) in map {
                 match (key.as_str(), member) {
-                    ("$ref", Value::String(reference)) => found.push((at.clone(), reference.clone())),
+                    ("$ref", Value::String(reference)) => {
+                        found.push((at.clone(), reference.clone()))
+                    }
                     _ => references(member, format!("{at}/{key}"), found),
                 }
             }
@@ -269,24 +351,52 @@ impl<'a> Caller<'a> {
     /// A caller of the instance at `base` (`http://…`). Redirects are not followed, so
     /// every answer is the one of the route that was called.
     fn new(spec: &'a Spec, base: &str) -> Self {
-        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
-        Self { spec, client, base: base.to_owned() }
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        Self {
+            spec,
+            client,
+            base: base.to_owned(),
+        }
     }
 
     /// Builds a request for `method template` on `path`, with the admin token on `/admin`.
     fn request(&self, method: &Method, template: &str, path: &str) -> RequestBuilder {
-        let request = self.client.request(method.clone(), format!("{}{path}", self.base));
-        if template.starts_with("/admin") { request.bearer_auth(ADMIN_TOKEN) } else { request }
+        let request = self
+            .client
+            .request(method.clone(), format!("{}{path}", self.base));
+        if template.starts_with("/admin") {
+            request.bearer_auth(ADMIN_TOKEN)
+        } else {
+            request
+        }
     }
 
     /// Sends `request` (built for `method template`) and checks the answer.
-    async fn send(&self, method: &Method, template: &str, request: RequestBuilder) -> (StatusCode, Value) {
-        let response = request.send().await.unwrap_or_else(|e| panic!("{method} {template}: {e}"));
-        self.spec.check(method, template, Answer::read(response).await)
+    async fn send(
+        &self,
+        method: &Method,
+        template: &str,
+        request: RequestBuilder,
+    ) -> (StatusCode, Value) {
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {template}: {e}"));
+        self.spec
+            .check(method, template, Answer::read(response).await)
     }
 
     /// Calls `method template` on `path` with an optional JSON body.
-    async fn call(&self, method: Method, template: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    async fn call(
+        &self,
+        method: Method,
+        template: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut request = self.request(&method, template, path);
         if let Some(body) = body {
             request = request.json(&body);
@@ -295,7 +405,15 @@ impl<'a> Caller<'a> {
     }
 
     /// Like `call`, and asserts the status and, for an error, its code.
-    async fn expect(&self, method: Method, template: &str, path: &str, body: Option<Value>, status: u16, code: Option<&str>) -> Value {
+    async fn expect(
+        &self,
+        method: Method,
+        template: &str,
+        path: &str,
+        body: Option<Value>,
+        status: u16,
+        code: Option<&str>,
+    ) -> Value {
         let (actual, answer) = self.call(method.clone(), template, path, body).await;
         assert_eq!(actual.as_u16(), status, "{method} {path}: {answer}");
         if let Some(code) = code {
@@ -308,8 +426,17 @@ impl<'a> Caller<'a> {
 #[test]
 fn the_spec_documents_every_route_of_the_contract() {
     let spec = Spec::load();
-    assert!(spec.0["openapi"].as_str().is_some_and(|v| v.starts_with("3.1.")), "not OpenAPI 3.1");
-    let documented: BTreeSet<String> = spec.operations().iter().map(|(m, p)| format!("{m} {p}")).collect();
+    assert!(
+        spec.0["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1.")),
+        "not OpenAPI 3.1"
+    );
+    let documented: BTreeSet<String> = spec
+        .operations()
+        .iter()
+        .map(|(m, p)| format!("{m} {p}"))
+        .collect();
     // DESIGN.md's HTTP contract, route by route.
     let contract: BTreeSet<String> = [
         "POST /orders",
@@ -337,30 +464,55 @@ fn the_spec_documents_every_route_of_the_contract() {
     .map(str::to_owned)
     .collect();
     let missing: Vec<&String> = contract.difference(&documented).collect();
-    assert!(missing.is_empty(), "routes of DESIGN.md missing from openapi.yaml: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "routes of DESIGN.md missing from openapi.yaml: {missing:?}"
+    );
 
     let mut ids = BTreeSet::new();
     for (method, template) in spec.operations() {
         let operation = spec.operation(&method, &template);
-        let id = operation["operationId"].as_str().unwrap_or_else(|| panic!("{method} {template}: no operationId"));
+        let id = operation["operationId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{method} {template}: no operationId"));
         assert!(ids.insert(id.to_owned()), "operationId {id} used twice");
         let responses = operation["responses"].as_object().expect("responses");
-        assert!(responses.keys().any(|s| s.starts_with('2') || s.starts_with('3')), "{method} {template}: no success response");
+        assert!(
+            responses
+                .keys()
+                .any(|s| s.starts_with('2') || s.starts_with('3')),
+            "{method} {template}: no success response"
+        );
         for status in responses.keys() {
-            assert!(status.parse::<u16>().is_ok_and(|s| (200..600).contains(&s)), "{method} {template}: status {status:?}");
+            assert!(
+                status.parse::<u16>().is_ok_and(|s| (200..600).contains(&s)),
+                "{method} {template}: status {status:?}"
+            );
         }
-        let secured = operation.get("security").is_some_and(|s| s == &json!([{"adminToken": []}]));
-        assert_eq!(secured, responses.contains_key("401"), "{method} {template}: bearer security goes with a 401");
+        let secured = operation
+            .get("security")
+            .is_some_and(|s| s == &json!([{"adminToken": []}]));
+        assert_eq!(
+            secured,
+            responses.contains_key("401"),
+            "{method} {template}: bearer security goes with a 401"
+        );
         let key = format!("{method} {template}");
         if contract.contains(&key) {
-            assert_eq!(secured, template.starts_with("/admin"), "{key}: bearer security on exactly the admin routes");
+            assert_eq!(
+                secured,
+                template.starts_with("/admin"),
+                "{key}: bearer security on exactly the admin routes"
+            );
         }
     }
     let mut found = Vec::new();
     references(&spec.0, String::new(), &mut found);
     assert!(found.len() > 50, "only {} $refs found", found.len());
     for (at, reference) in found {
-        let resolved = reference.strip_prefix('#').and_then(|pointer| spec.0.pointer(pointer));
+        let resolved = reference
+            .strip_prefix('#')
+            .and_then(|pointer| spec.0.pointer(pointer));
         assert!(resolved.is_some(), "{at}: dangling $ref {reference}");
     }
 }
@@ -370,28 +522,52 @@ async fn every_documented_operation_is_routed_and_answers_only_documented_status
     let spec = Spec::load();
     let app = TestApp::spawn().await;
     let caller = Caller::new(&spec, &app.instance.address);
-    let paths: BTreeSet<String> = spec.operations().into_iter().map(|(_, path)| path).collect();
+    let paths: BTreeSet<String> = spec
+        .operations()
+        .into_iter()
+        .map(|(_, path)| path)
+        .collect();
     for template in &paths {
         let path = concrete(template, Uuid::now_v7());
         let item = &spec.0["paths"][template.as_str()];
-        let (documented, undocumented): (Vec<Method>, Vec<Method>) =
-            METHODS.into_iter().partition(|method| item.get(method.as_str().to_lowercase()).is_some());
+        let (documented, undocumented): (Vec<Method>, Vec<Method>) = METHODS
+            .into_iter()
+            .partition(|method| item.get(method.as_str().to_lowercase()).is_some());
         for method in documented {
             let mut request = caller.request(&method, template, &path);
             if let Some(example) = spec.request_example(spec.operation(&method, template)) {
                 request = request.json(&example);
             }
             let answer = Answer::read(request.send().await.expect("request")).await;
-            let routed = !answer.is_unknown_route() && answer.status != StatusCode::METHOD_NOT_ALLOWED;
-            assert!(routed, "{method} {template} is documented but not routed: {} {}", answer.status, answer.text);
+            let routed =
+                !answer.is_unknown_route() && answer.status != StatusCode::METHOD_NOT_ALLOWED;
+            assert!(
+                routed,
+                "{method} {template} is documented but not routed: {} {}",
+                answer.status, answer.text
+            );
             spec.check(&method, template, answer);
         }
         // A method the spec does not list on a served path must not be served either.
         for method in undocumented {
-            let answer = Answer::read(caller.request(&method, template, &path).send().await.expect("request")).await;
+            let answer = Answer::read(
+                caller
+                    .request(&method, template, &path)
+                    .send()
+                    .await
+                    .expect("request"),
+            )
+            .await;
             let body: Value = serde_json::from_str(&answer.text).unwrap_or(Value::Null);
-            assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED, "undocumented {method} {template} is served: {body}");
-            assert_eq!(body["error"]["code"], "method_not_allowed", "{method} {template}: {body}");
+            assert_eq!(
+                answer.status,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "undocumented {method} {template} is served: {body}"
+            );
+            assert_eq!(
+                body["error"]["code"], "method_not_allowed",
+                "{method} {template}: {body}"
+            );
         }
     }
 }
@@ -411,7 +587,11 @@ async fn orders_answer_as_documented(app: &TestApp, c: &Caller<'_>) {
     use Method as M;
     let example = json!({"customer_id": "cust-42", "amount_cents": 2500, "currency": "EUR",
         "items": [{"sku": "book-1", "quantity": 2, "unit_price_cents": 1250}]});
-    let post = |key: &str, body: &Value| c.request(&M::POST, "/orders", "/orders").header("Idempotency-Key", key).json(body);
+    let post = |key: &str, body: &Value| {
+        c.request(&M::POST, "/orders", "/orders")
+            .header("Idempotency-Key", key)
+            .json(body)
+    };
     let (status, paid) = c.send(&M::POST, "/orders", post("k-1", &example)).await;
     assert_eq!(status, StatusCode::CREATED);
     let (status, replayed) = c.send(&M::POST, "/orders", post("k-1", &example)).await;
@@ -419,39 +599,171 @@ async fn orders_answer_as_documented(app: &TestApp, c: &Caller<'_>) {
     let mut other = example.clone();
     other["customer_id"] = json!("cust-43");
     let (status, reused) = c.send(&M::POST, "/orders", post("k-1", &other)).await;
-    assert_eq!((status.as_u16(), reused["error"]["code"].as_str()), (422, Some("idempotency_key_reused")));
-    let (status, bad_key) = c.send(&M::POST, "/orders", post(&"k".repeat(256), &example)).await;
-    assert_eq!((status.as_u16(), bad_key["error"]["field"].as_str()), (422, Some("Idempotency-Key")));
+    assert_eq!(
+        (status.as_u16(), reused["error"]["code"].as_str()),
+        (422, Some("idempotency_key_reused"))
+    );
+    let (status, bad_key) = c
+        .send(&M::POST, "/orders", post(&"k".repeat(256), &example))
+        .await;
+    assert_eq!(
+        (status.as_u16(), bad_key["error"]["field"].as_str()),
+        (422, Some("Idempotency-Key"))
+    );
     let raw = |body: String| c.request(&M::POST, "/orders", "/orders").body(body);
     let (status, _) = c.send(&M::POST, "/orders", raw("{".into())).await;
     assert_eq!(status.as_u16(), 400);
-    let (status, _) = c.send(&M::POST, "/orders", raw(format!("\"{}\"", "x".repeat(70 * 1024)))).await;
+    let (status, _) = c
+        .send(
+            &M::POST,
+            "/orders",
+            raw(format!("\"{}\"", "x".repeat(70 * 1024))),
+        )
+        .await;
     assert_eq!(status.as_u16(), 413);
-    c.expect(M::POST, "/orders", "/orders", Some(json!({"customer_id": "c", "amount_cents": 1, "currency": "eur"})), 422, Some("validation_failed")).await;
+    c.expect(
+        M::POST,
+        "/orders",
+        "/orders",
+        Some(json!({"customer_id": "c", "amount_cents": 1, "currency": "eur"})),
+        422,
+        Some("validation_failed"),
+    )
+    .await;
 
     let id = id_of(&paid);
-    let page = c.expect(M::GET, "/orders", "/orders?customer_id=cust-42&status=pending&limit=1", None, 200, None).await;
+    let page = c
+        .expect(
+            M::GET,
+            "/orders",
+            "/orders?customer_id=cust-42&status=pending&limit=1",
+            None,
+            200,
+            None,
+        )
+        .await;
     assert_eq!(page["items"][0]["id"], json!(id));
-    assert!(page["next"].is_null(), "the one pending order fills the page and no page follows: {page}");
-    c.expect(M::GET, "/orders", "/orders?limit=201", None, 422, Some("validation_failed")).await;
-    c.expect(M::GET, "/orders/{id}", &format!("/orders/{id}"), None, 200, None).await;
-    c.expect(M::GET, "/orders/{id}", "/orders/42", None, 400, Some("invalid_id")).await;
-    c.expect(M::GET, "/orders/{id}", &format!("/orders/{}", Uuid::now_v7()), None, 404, Some("not_found")).await;
-    c.expect(M::POST, "/orders/{id}/pay", &format!("/orders/{id}/pay"), None, 200, None).await;
-    c.expect(M::POST, "/orders/{id}/pay", &format!("/orders/{id}/pay"), None, 200, None).await;
-    c.expect(M::POST, "/orders/{id}/cancel", &format!("/orders/{id}/cancel"), None, 409, Some("order_paid")).await;
+    assert!(
+        page["next"].is_null(),
+        "the one pending order fills the page and no page follows: {page}"
+    );
+    c.expect(
+        M::GET,
+        "/orders",
+        "/orders?limit=201",
+        None,
+        422,
+        Some("validation_failed"),
+    )
+    .await;
+    c.expect(
+        M::GET,
+        "/orders/{id}",
+        &format!("/orders/{id}"),
+        None,
+        200,
+        None,
+    )
+    .await;
+    c.expect(
+        M::GET,
+        "/orders/{id}",
+        "/orders/42",
+        None,
+        400,
+        Some("invalid_id"),
+    )
+    .await;
+    c.expect(
+        M::GET,
+        "/orders/{id}",
+        &format!("/orders/{}", Uuid::now_v7()),
+        None,
+        404,
+        Some("not_found"),
+    )
+    .await;
+    c.expect(
+        M::POST,
+        "/orders/{id}/pay",
+        &format!("/orders/{id}/pay"),
+        None,
+        200,
+        None,
+    )
+    .await;
+    c.expect(
+        M::POST,
+        "/orders/{id}/pay",
+        &format!("/orders/{id}/pay"),
+        None,
+        200,
+        None,
+    )
+    .await;
+    c.expect(
+        M::POST,
+        "/orders/{id}/cancel",
+        &format!("/orders/{id}/cancel"),
+        None,
+        409,
+        Some("order_paid"),
+    )
+    .await;
 
     let id = id_of(&app.create_order().await);
-    let cancelled = c.expect(M::POST, "/orders/{id}/cancel", &format!("/orders/{id}/cancel"), None, 200, None).await;
+    let cancelled = c
+        .expect(
+            M::POST,
+            "/orders/{id}/cancel",
+            &format!("/orders/{id}/cancel"),
+            None,
+            200,
+            None,
+        )
+        .await;
     assert_eq!(cancelled["cancel_reason"], "customer_request");
-    c.expect(M::POST, "/orders/{id}/cancel", &format!("/orders/{id}/cancel"), None, 200, None).await;
-    c.expect(M::POST, "/orders/{id}/pay", &format!("/orders/{id}/pay"), None, 409, Some("order_cancelled")).await;
+    c.expect(
+        M::POST,
+        "/orders/{id}/cancel",
+        &format!("/orders/{id}/cancel"),
+        None,
+        200,
+        None,
+    )
+    .await;
+    c.expect(
+        M::POST,
+        "/orders/{id}/pay",
+        &format!("/orders/{id}/pay"),
+        None,
+        409,
+        Some("order_cancelled"),
+    )
+    .await;
 
     // A deadline that passed before the timer fired: payment refused, a cancel counts as timeout.
     let id = id_of(&app.create_order().await);
     expire(app, "orders", &id).await;
-    c.expect(M::POST, "/orders/{id}/pay", &format!("/orders/{id}/pay"), None, 409, Some("order_expired")).await;
-    let cancelled = c.expect(M::POST, "/orders/{id}/cancel", &format!("/orders/{id}/cancel"), None, 200, None).await;
+    c.expect(
+        M::POST,
+        "/orders/{id}/pay",
+        &format!("/orders/{id}/pay"),
+        None,
+        409,
+        Some("order_expired"),
+    )
+    .await;
+    let cancelled = c
+        .expect(
+            M::POST,
+            "/orders/{id}/cancel",
+            &format!("/orders/{id}/cancel"),
+            None,
+            200,
+            None,
+        )
+        .await;
     assert_eq!(cancelled["cancel_reason"], "payment_timeout");
 }
 
@@ -459,123 +771,531 @@ async fn waybills_answer_as_documented(app: &TestApp, c: &Caller<'_>) {
     use Method as M;
     let order_id = Uuid::now_v7();
     let body = json!({"order_id": order_id, "origin": "Hamburg", "destination": "Lyon"});
-    let waybill = c.expect(M::POST, "/waybills", "/waybills", Some(body), 201, None).await;
+    let waybill = c
+        .expect(M::POST, "/waybills", "/waybills", Some(body), 201, None)
+        .await;
     let id = id_of(&waybill);
-    let page = c.expect(M::GET, "/waybills", &format!("/waybills?order_id={order_id}"), None, 200, None).await;
+    let page = c
+        .expect(
+            M::GET,
+            "/waybills",
+            &format!("/waybills?order_id={order_id}"),
+            None,
+            200,
+            None,
+        )
+        .await;
     assert_eq!(page["items"][0]["id"], json!(id));
-    c.expect(M::GET, "/waybills", "/waybills?order_id=7", None, 422, Some("validation_failed")).await;
-    c.expect(M::GET, "/waybills/{id}", &format!("/waybills/{id}"), None, 200, None).await;
+    c.expect(
+        M::GET,
+        "/waybills",
+        "/waybills?order_id=7",
+        None,
+        422,
+        Some("validation_failed"),
+    )
+    .await;
+    c.expect(
+        M::GET,
+        "/waybills/{id}",
+        &format!("/waybills/{id}"),
+        None,
+        200,
+        None,
+    )
+    .await;
     let accept = format!("/waybills/{id}/accept");
     let template = "/waybills/{id}/accept";
-    c.expect(M::POST, template, &accept, Some(json!({})), 422, Some("validation_failed")).await;
-    let (status, _) = c.send(&M::POST, template, c.request(&M::POST, template, &accept).body("{")).await;
+    c.expect(
+        M::POST,
+        template,
+        &accept,
+        Some(json!({})),
+        422,
+        Some("validation_failed"),
+    )
+    .await;
+    let (status, _) = c
+        .send(
+            &M::POST,
+            template,
+            c.request(&M::POST, template, &accept).body("{"),
+        )
+        .await;
     assert_eq!(status.as_u16(), 400);
     let huge = format!("{{\"carrier_id\": \"{}\"}}", "x".repeat(70 * 1024));
-    let (status, _) = c.send(&M::POST, template, c.request(&M::POST, template, &accept).body(huge)).await;
+    let (status, _) = c
+        .send(
+            &M::POST,
+            template,
+            c.request(&M::POST, template, &accept).body(huge),
+        )
+        .await;
     assert_eq!(status.as_u16(), 413);
-    c.expect(M::POST, template, "/waybills/x/accept", Some(json!({"carrier_id": "dhl"})), 400, Some("invalid_id")).await;
-    c.expect(M::POST, template, &accept, Some(json!({"carrier_id": "dhl"})), 200, None).await;
-    c.expect(M::POST, template, &accept, Some(json!({"carrier_id": "dhl"})), 200, None).await;
-    c.expect(M::POST, template, &accept, Some(json!({"carrier_id": "ups"})), 409, Some("waybill_accepted")).await;
-    c.expect(M::POST, "/waybills/{id}/cancel", &format!("/waybills/{id}/cancel"), None, 409, Some("waybill_accepted")).await;
+    c.expect(
+        M::POST,
+        template,
+        "/waybills/x/accept",
+        Some(json!({"carrier_id": "dhl"})),
+        400,
+        Some("invalid_id"),
+    )
+    .await;
+    c.expect(
+        M::POST,
+        template,
+        &accept,
+        Some(json!({"carrier_id": "dhl"})),
+        200,
+        None,
+    )
+    .await;
+    c.expect(
+        M::POST,
+        template,
+        &accept,
+        Some(json!({"carrier_id": "dhl"})),
+        200,
+        None,
+    )
+    .await;
+    c.expect(
+        M::POST,
+        template,
+        &accept,
+        Some(json!({"carrier_id": "ups"})),
+        409,
+        Some("waybill_accepted"),
+    )
+    .await;
+    c.expect(
+        M::POST,
+        "/waybills/{id}/cancel",
+        &format!("/waybills/{id}/cancel"),
+        None,
+        409,
+        Some("waybill_accepted"),
+    )
+    .await;
 
     let id = id_of(&app.create_waybill().await);
-    let cancelled = c.expect(M::POST, "/waybills/{id}/cancel", &format!("/waybills/{id}/cancel"), None, 200, None).await;
+    let cancelled = c
+        .expect(
+            M::POST,
+            "/waybills/{id}/cancel",
+            &format!("/waybills/{id}/cancel"),
+            None,
+            200,
+            None,
+        )
+        .await;
     assert_eq!(cancelled["cancel_reason"], "shipper_request");
-    c.expect(M::POST, template, &format!("/waybills/{id}/accept"), Some(json!({"carrier_id": "dhl"})), 409, Some("waybill_cancelled")).await;
+    c.expect(
+        M::POST,
+        template,
+        &format!("/waybills/{id}/accept"),
+        Some(json!({"carrier_id": "dhl"})),
+        409,
+        Some("waybill_cancelled"),
+    )
+    .await;
 
     let id = id_of(&app.create_waybill().await);
     expire(app, "waybills", &id).await;
-    c.expect(M::POST, template, &format!("/waybills/{id}/accept"), Some(json!({"carrier_id": "dhl"})), 409, Some("waybill_expired")).await;
-    let cancelled = c.expect(M::POST, "/waybills/{id}/cancel", &format!("/waybills/{id}/cancel"), None, 200, None).await;
+    c.expect(
+        M::POST,
+        template,
+        &format!("/waybills/{id}/accept"),
+        Some(json!({"carrier_id": "dhl"})),
+        409,
+        Some("waybill_expired"),
+    )
+    .await;
+    let cancelled = c
+        .expect(
+            M::POST,
+            "/waybills/{id}/cancel",
+            &format!("/waybills/{id}/cancel"),
+            None,
+            200,
+            None,
+        )
+        .await;
     assert_eq!(cancelled["cancel_reason"], "acceptance_timeout");
 }
 
 async fn admin_answers_as_documented(app: &TestApp, c: &Caller<'_>) {
     use Method as M;
-    let text = store_failed(app, br#"{"kind":"order","id":"0193a5c4-7d2e-7c3a-9f57-0b6f4c8e1a20"}"#).await;
+    let text = store_failed(
+        app,
+        br#"{"kind":"order","id":"0193a5c4-7d2e-7c3a-9f57-0b6f4c8e1a20"}"#,
+    )
+    .await;
     let binary = store_failed(app, &[0xff, 0x00, 0x41]).await;
     let list = "/admin/failed-messages";
     let (status, _) = c.send(&M::GET, list, c.client.get(app.url(list))).await;
     assert_eq!(status.as_u16(), 401);
-    let (status, _) = c.send(&M::GET, list, c.client.get(app.url(list)).bearer_auth("wrong")).await;
+    let (status, _) = c
+        .send(
+            &M::GET,
+            list,
+            c.client.get(app.url(list)).bearer_auth("wrong"),
+        )
+        .await;
     assert_eq!(status.as_u16(), 401);
-    let page = c.expect(M::GET, list, "/admin/failed-messages?status=pending&limit=10", None, 200, None).await;
-    let shown = page["items"].as_array().unwrap().iter().find(|row| row["id"] == json!(binary)).expect("binary row listed").clone();
-    assert_eq!((&shown["body"], &shown["body_hex"], &shown["body_size"]), (&Value::Null, &json!("ff0041"), &json!(3)));
-    c.expect(M::GET, list, "/admin/failed-messages?status=lost", None, 422, Some("validation_failed")).await;
+    let page = c
+        .expect(
+            M::GET,
+            list,
+            "/admin/failed-messages?status=pending&limit=10",
+            None,
+            200,
+            None,
+        )
+        .await;
+    let shown = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["id"] == json!(binary))
+        .expect("binary row listed")
+        .clone();
+    assert_eq!(
+        (&shown["body"], &shown["body_hex"], &shown["body_size"]),
+        (&Value::Null, &json!("ff0041"), &json!(3))
+    );
+    c.expect(
+        M::GET,
+        list,
+        "/admin/failed-messages?status=lost",
+        None,
+        422,
+        Some("validation_failed"),
+    )
+    .await;
 
     let one = "/admin/failed-messages/{id}";
-    let shown = c.expect(M::GET, one, &format!("/admin/failed-messages/{text}"), None, 200, None).await;
-    assert_eq!(shown["body"], json!(r#"{"kind":"order","id":"0193a5c4-7d2e-7c3a-9f57-0b6f4c8e1a20"}"#));
-    c.expect(M::GET, one, "/admin/failed-messages/1", None, 400, Some("invalid_id")).await;
-    c.expect(M::GET, one, &format!("/admin/failed-messages/{}", Uuid::now_v7()), None, 404, Some("not_found")).await;
+    let shown = c
+        .expect(
+            M::GET,
+            one,
+            &format!("/admin/failed-messages/{text}"),
+            None,
+            200,
+            None,
+        )
+        .await;
+    assert_eq!(
+        shown["body"],
+        json!(r#"{"kind":"order","id":"0193a5c4-7d2e-7c3a-9f57-0b6f4c8e1a20"}"#)
+    );
+    c.expect(
+        M::GET,
+        one,
+        "/admin/failed-messages/1",
+        None,
+        400,
+        Some("invalid_id"),
+    )
+    .await;
+    c.expect(
+        M::GET,
+        one,
+        &format!("/admin/failed-messages/{}", Uuid::now_v7()),
+        None,
+        404,
+        Some("not_found"),
+    )
+    .await;
     let requeue = "/admin/failed-messages/{id}/requeue";
-    let requeued = c.expect(M::POST, requeue, &format!("/admin/failed-messages/{text}/requeue"), None, 200, None).await;
+    let requeued = c
+        .expect(
+            M::POST,
+            requeue,
+            &format!("/admin/failed-messages/{text}/requeue"),
+            None,
+            200,
+            None,
+        )
+        .await;
     assert_eq!(requeued["status"], "requeued");
-    c.expect(M::POST, requeue, &format!("/admin/failed-messages/{text}/requeue"), None, 409, Some("already_resolved")).await;
-    c.expect(M::DELETE, one, &format!("/admin/failed-messages/{text}"), None, 409, Some("already_resolved")).await;
-    c.expect(M::DELETE, one, &format!("/admin/failed-messages/{binary}"), None, 204, None).await;
-    c.expect(M::DELETE, one, &format!("/admin/failed-messages/{binary}"), None, 204, None).await;
-    c.expect(M::POST, requeue, &format!("/admin/failed-messages/{binary}/requeue"), None, 409, Some("already_resolved")).await;
+    c.expect(
+        M::POST,
+        requeue,
+        &format!("/admin/failed-messages/{text}/requeue"),
+        None,
+        409,
+        Some("already_resolved"),
+    )
+    .await;
+    c.expect(
+        M::DELETE,
+        one,
+        &format!("/admin/failed-messages/{text}"),
+        None,
+        409,
+        Some("already_resolved"),
+    )
+    .await;
+    c.expect(
+        M::DELETE,
+        one,
+        &format!("/admin/failed-messages/{binary}"),
+        None,
+        204,
+        None,
+    )
+    .await;
+    c.expect(
+        M::DELETE,
+        one,
+        &format!("/admin/failed-messages/{binary}"),
+        None,
+        204,
+        None,
+    )
+    .await;
+    c.expect(
+        M::POST,
+        requeue,
+        &format!("/admin/failed-messages/{binary}/requeue"),
+        None,
+        409,
+        Some("already_resolved"),
+    )
+    .await;
 
     let all = "/admin/failed-messages/requeue";
-    c.expect(M::POST, all, "/admin/failed-messages/requeue?queue=nowhere", None, 200, None).await;
-    c.expect(M::POST, all, "/admin/failed-messages/requeue?colour=red", None, 422, Some("validation_failed")).await;
-    c.expect(M::POST, "/admin/parking/requeue", "/admin/parking/requeue", None, 200, None).await;
+    c.expect(
+        M::POST,
+        all,
+        "/admin/failed-messages/requeue?queue=nowhere",
+        None,
+        200,
+        None,
+    )
+    .await;
+    c.expect(
+        M::POST,
+        all,
+        "/admin/failed-messages/requeue?colour=red",
+        None,
+        422,
+        Some("validation_failed"),
+    )
+    .await;
+    c.expect(
+        M::POST,
+        "/admin/parking/requeue",
+        "/admin/parking/requeue",
+        None,
+        200,
+        None,
+    )
+    .await;
 
-    let overview = c.expect(M::GET, "/admin/overview", "/admin/overview", None, 200, None).await;
-    assert!(overview["failed_messages"]["unresolved"].as_i64().is_some_and(|n| n >= 0), "{overview}");
-    c.expect(M::GET, "/admin/overview", "/admin/overview?limit=5", None, 422, Some("validation_failed")).await;
-    let (status, _) = c.send(&M::GET, "/admin/overview", c.client.get(app.url("/admin/overview"))).await;
+    let overview = c
+        .expect(
+            M::GET,
+            "/admin/overview",
+            "/admin/overview",
+            None,
+            200,
+            None,
+        )
+        .await;
+    assert!(
+        overview["failed_messages"]["unresolved"]
+            .as_i64()
+            .is_some_and(|n| n >= 0),
+        "{overview}"
+    );
+    c.expect(
+        M::GET,
+        "/admin/overview",
+        "/admin/overview?limit=5",
+        None,
+        422,
+        Some("validation_failed"),
+    )
+    .await;
+    let (status, _) = c
+        .send(
+            &M::GET,
+            "/admin/overview",
+            c.client.get(app.url("/admin/overview")),
+        )
+        .await;
     assert_eq!(status.as_u16(), 401);
     let order = id_of(&app.create_order().await);
-    let found = c.expect(M::GET, "/admin/lookup/{id}", &format!("/admin/lookup/{order}"), None, 200, None).await;
-    assert_eq!((found["kind"].as_str(), found["entity"]["id"].as_str()), (Some("order"), Some(order.as_str())));
+    let found = c
+        .expect(
+            M::GET,
+            "/admin/lookup/{id}",
+            &format!("/admin/lookup/{order}"),
+            None,
+            200,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (found["kind"].as_str(), found["entity"]["id"].as_str()),
+        (Some("order"), Some(order.as_str()))
+    );
     let waybill = id_of(&app.create_waybill().await);
-    let found = c.expect(M::GET, "/admin/lookup/{id}", &format!("/admin/lookup/{waybill}"), None, 200, None).await;
+    let found = c
+        .expect(
+            M::GET,
+            "/admin/lookup/{id}",
+            &format!("/admin/lookup/{waybill}"),
+            None,
+            200,
+            None,
+        )
+        .await;
     assert_eq!(found["kind"], "waybill");
-    c.expect(M::GET, "/admin/lookup/{id}", &format!("/admin/lookup/{}", Uuid::now_v7()), None, 404, Some("not_found")).await;
-    c.expect(M::GET, "/admin/lookup/{id}", "/admin/lookup/x", None, 400, Some("invalid_id")).await;
+    c.expect(
+        M::GET,
+        "/admin/lookup/{id}",
+        &format!("/admin/lookup/{}", Uuid::now_v7()),
+        None,
+        404,
+        Some("not_found"),
+    )
+    .await;
+    c.expect(
+        M::GET,
+        "/admin/lookup/{id}",
+        "/admin/lookup/x",
+        None,
+        400,
+        Some("invalid_id"),
+    )
+    .await;
     // The page and its assets are open: no token needed.
-    for asset in ["/admin", "/admin/", "/admin/console.css", "/admin/console.js"] {
+    for asset in [
+        "/admin",
+        "/admin/",
+        "/admin/console.css",
+        "/admin/console.js",
+    ] {
         c.send(&M::GET, asset, c.client.get(app.url(asset))).await;
     }
-    c.expect(M::GET, "/healthz", "/healthz", None, 200, None).await;
-    c.expect(M::GET, "/readyz", "/readyz", None, 200, None).await;
-    let metrics = c.expect(M::GET, "/metrics", "/metrics", None, 200, None).await;
-    assert!(metrics.as_str().is_some_and(|m| m.contains("order_timeout_http_requests_total")));
-    c.expect(M::GET, "/openapi.yaml", "/openapi.yaml", None, 200, None).await;
+    c.expect(M::GET, "/healthz", "/healthz", None, 200, None)
+        .await;
+    c.expect(M::GET, "/readyz", "/readyz", None, 200, None)
+        .await;
+    let metrics = c
+        .expect(M::GET, "/metrics", "/metrics", None, 200, None)
+        .await;
+    assert!(
+        metrics
+            .as_str()
+            .is_some_and(|m| m.contains("order_timeout_http_requests_total"))
+    );
+    c.expect(M::GET, "/openapi.yaml", "/openapi.yaml", None, 200, None)
+        .await;
 }
 
 /// Instances sharing the test's database without an admin token, without a broker, and
 /// with PostgreSQL cut: the 503s of the spec.
 async fn degraded_instances_answer_as_documented(app: &TestApp, spec: &Spec) {
     use Method as M;
-    let no_admin = app.spawn_instance(|c| {
-        c.admin_token = None;
-        c.amqp_url = DEAD_AMQP.into();
-    })
-    .await;
+    let no_admin = app
+        .spawn_instance(|c| {
+            c.admin_token = None;
+            c.amqp_url = DEAD_AMQP.into();
+        })
+        .await;
     let c = Caller::new(spec, &no_admin.address);
-    c.expect(M::GET, "/admin/failed-messages", "/admin/failed-messages", None, 503, Some("admin_disabled")).await;
-    c.expect(M::POST, "/admin/parking/requeue", "/admin/parking/requeue", None, 503, Some("admin_disabled")).await;
-    c.expect(M::GET, "/admin/overview", "/admin/overview", None, 503, Some("admin_disabled")).await;
-    let ready = c.expect(M::GET, "/readyz", "/readyz", None, 503, None).await;
+    c.expect(
+        M::GET,
+        "/admin/failed-messages",
+        "/admin/failed-messages",
+        None,
+        503,
+        Some("admin_disabled"),
+    )
+    .await;
+    c.expect(
+        M::POST,
+        "/admin/parking/requeue",
+        "/admin/parking/requeue",
+        None,
+        503,
+        Some("admin_disabled"),
+    )
+    .await;
+    c.expect(
+        M::GET,
+        "/admin/overview",
+        "/admin/overview",
+        None,
+        503,
+        Some("admin_disabled"),
+    )
+    .await;
+    let ready = c
+        .expect(M::GET, "/readyz", "/readyz", None, 503, None)
+        .await;
     assert_eq!(ready["checks"], json!({"database": "up", "broker": "down"}));
-    c.expect(M::POST, "/orders", "/orders", Some(json!({"customer_id": "c", "amount_cents": 1, "currency": "EUR"})), 201, None).await;
+    c.expect(
+        M::POST,
+        "/orders",
+        "/orders",
+        Some(json!({"customer_id": "c", "amount_cents": 1, "currency": "EUR"})),
+        201,
+        None,
+    )
+    .await;
 
     let no_broker = app.spawn_instance(|c| c.amqp_url = DEAD_AMQP.into()).await;
     let c = Caller::new(spec, &no_broker.address);
     let pending = store_failed(app, b"{}").await;
-    c.expect(M::POST, "/admin/failed-messages/{id}/requeue", &format!("/admin/failed-messages/{pending}/requeue"), None, 503, Some("broker_unavailable")).await;
-    c.expect(M::POST, "/admin/failed-messages/requeue", "/admin/failed-messages/requeue", None, 503, Some("broker_unavailable")).await;
-    c.expect(M::POST, "/admin/parking/requeue", "/admin/parking/requeue", None, 503, Some("broker_unavailable")).await;
-    let overview = c.expect(M::GET, "/admin/overview", "/admin/overview", None, 200, None).await;
+    c.expect(
+        M::POST,
+        "/admin/failed-messages/{id}/requeue",
+        &format!("/admin/failed-messages/{pending}/requeue"),
+        None,
+        503,
+        Some("broker_unavailable"),
+    )
+    .await;
+    c.expect(
+        M::POST,
+        "/admin/failed-messages/requeue",
+        "/admin/failed-messages/requeue",
+        None,
+        503,
+        Some("broker_unavailable"),
+    )
+    .await;
+    c.expect(
+        M::POST,
+        "/admin/parking/requeue",
+        "/admin/parking/requeue",
+        None,
+        503,
+        Some("broker_unavailable"),
+    )
+    .await;
+    let overview = c
+        .expect(
+            M::GET,
+            "/admin/overview",
+            "/admin/overview",
+            None,
+            200,
+            None,
+        )
+        .await;
     assert_eq!(overview["broker"]["status"], "reconnecting");
 
     let proxy = FaultProxy::start("127.0.0.1:5432").await;
-    let url = app.env.database_url.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port()));
+    let url = app
+        .env
+        .database_url
+        .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port()));
     let no_database = app
         .spawn_instance(|c| {
             c.database_url = url;
@@ -587,22 +1307,81 @@ async fn degraded_instances_answer_as_documented(app: &TestApp, spec: &Spec) {
     let c = Caller::new(spec, &no_database.address);
     let id = Uuid::now_v7();
     let unavailable = Some("database_unavailable");
-    c.expect(M::POST, "/orders", "/orders", Some(json!({"customer_id": "c", "amount_cents": 1, "currency": "EUR"})), 503, unavailable).await;
-    c.expect(M::GET, "/orders", "/orders", None, 503, unavailable).await;
-    c.expect(M::GET, "/orders/{id}", &format!("/orders/{id}"), None, 503, unavailable).await;
-    c.expect(M::POST, "/orders/{id}/pay", &format!("/orders/{id}/pay"), None, 503, unavailable).await;
-    c.expect(M::POST, "/waybills/{id}/cancel", &format!("/waybills/{id}/cancel"), None, 503, unavailable).await;
-    c.expect(M::GET, "/admin/failed-messages/{id}", &format!("/admin/failed-messages/{id}"), None, 503, unavailable).await;
-    c.expect(M::GET, "/admin/overview", "/admin/overview", None, 503, unavailable).await;
-    let ready = c.expect(M::GET, "/readyz", "/readyz", None, 503, None).await;
-    assert_eq!(ready["checks"], json!({"database": "down", "broker": "down"}));
-    c.expect(M::GET, "/healthz", "/healthz", None, 200, None).await;
+    c.expect(
+        M::POST,
+        "/orders",
+        "/orders",
+        Some(json!({"customer_id": "c", "amount_cents": 1, "currency": "EUR"})),
+        503,
+        unavailable,
+    )
+    .await;
+    c.expect(M::GET, "/orders", "/orders", None, 503, unavailable)
+        .await;
+    c.expect(
+        M::GET,
+        "/orders/{id}",
+        &format!("/orders/{id}"),
+        None,
+        503,
+        unavailable,
+    )
+    .await;
+    c.expect(
+        M::POST,
+        "/orders/{id}/pay",
+        &format!("/orders/{id}/pay"),
+        None,
+        503,
+        unavailable,
+    )
+    .await;
+    c.expect(
+        M::POST,
+        "/waybills/{id}/cancel",
+        &format!("/waybills/{id}/cancel"),
+        None,
+        503,
+        unavailable,
+    )
+    .await;
+    c.expect(
+        M::GET,
+        "/admin/failed-messages/{id}",
+        &format!("/admin/failed-messages/{id}"),
+        None,
+        503,
+        unavailable,
+    )
+    .await;
+    c.expect(
+        M::GET,
+        "/admin/overview",
+        "/admin/overview",
+        None,
+        503,
+        unavailable,
+    )
+    .await;
+    let ready = c
+        .expect(M::GET, "/readyz", "/readyz", None, 503, None)
+        .await;
+    assert_eq!(
+        ready["checks"],
+        json!({"database": "down", "broker": "down"})
+    );
+    c.expect(M::GET, "/healthz", "/healthz", None, 200, None)
+        .await;
 }
 
 /// Moves an entity's deadline into the past, as if its timer were late.
 async fn expire(app: &TestApp, table: &str, id: &str) {
     let sql = format!("update {table} set expires_at = now() - interval '1 second' where id = $1");
-    sqlx::query(sqlx::AssertSqlSafe(sql)).bind(Uuid::parse_str(id).unwrap()).execute(&app.pool).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(Uuid::parse_str(id).unwrap())
+        .execute(&app.pool)
+        .await
+        .unwrap();
 }
 
 /// Stores a failed message as the retry router would, failed on the due queue.

@@ -40,7 +40,11 @@ impl FaultProxy {
             connections: Mutex::new(Vec::new()),
         });
         let acceptor = tokio::spawn(accept(listener, faults.clone())).abort_handle();
-        Self { address, faults, acceptor }
+        Self {
+            address,
+            faults,
+            acceptor,
+        }
     }
 
     /// The port clients connect to.
@@ -80,7 +84,9 @@ impl FaultProxy {
 
     /// Delays every chunk forwarded in either direction.
     pub fn set_latency(&self, latency: Duration) {
-        self.faults.latency_ms.store(latency.as_millis() as u64, Ordering::SeqCst);
+        self.faults
+            .latency_ms
+            .store(latency.as_millis() as u64, Ordering::SeqCst);
     }
 }
 
@@ -93,7 +99,9 @@ impl Drop for FaultProxy {
 
 async fn accept(listener: TcpListener, faults: Arc<Faults>) {
     loop {
-        let Ok((client, _)) = listener.accept().await else { continue };
+        let Ok((client, _)) = listener.accept().await else {
+            continue;
+        };
         if faults.refusing.load(Ordering::SeqCst) {
             drop(client);
             continue;
@@ -106,7 +114,9 @@ async fn accept(listener: TcpListener, faults: Arc<Faults>) {
 }
 
 async fn forward(client: TcpStream, faults: Arc<Faults>) {
-    let Ok(server) = TcpStream::connect(faults.upstream).await else { return };
+    let Ok(server) = TcpStream::connect(faults.upstream).await else {
+        return;
+    };
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     let (client_read, client_write) = client.into_split();
@@ -117,7 +127,11 @@ async fn forward(client: TcpStream, faults: Arc<Faults>) {
     }
 }
 
-async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, faults: &Faults) {
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    faults: &Faults,
+) {
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
         let n = match from.read(&mut buffer).await {

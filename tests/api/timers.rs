@@ -4,14 +4,14 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::BasicProperties;
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{eventually, id_of, poll, TestApp};
+use crate::helpers::{TestApp, eventually, id_of, poll};
 
 const WITHIN: Duration = Duration::from_secs(10);
 
@@ -21,14 +21,23 @@ async fn an_unpaid_order_is_cancelled_at_its_deadline_and_a_paid_one_never() {
     let unpaid = id_of(&app.create_order().await);
     let paid = id_of(&app.create_order().await);
     assert_eq!(app.pay(&paid).await.0, StatusCode::OK);
-    app.wait_for_order_status(&unpaid, "cancelled", WITHIN).await;
+    app.wait_for_order_status(&unpaid, "cancelled", WITHIN)
+        .await;
     let (_, order) = app.get(&format!("/orders/{unpaid}")).await;
     assert_eq!(order["cancel_reason"], "payment_timeout");
     let expires: DateTime<Utc> = order["expires_at"].as_str().unwrap().parse().unwrap();
     let cancelled: DateTime<Utc> = order["cancelled_at"].as_str().unwrap().parse().unwrap();
-    assert!(cancelled >= expires, "cancelled {cancelled} before its deadline {expires}");
+    assert!(
+        cancelled >= expires,
+        "cancelled {cancelled} before its deadline {expires}"
+    );
     // Give the paid order's timer time to fire too: it must be a no-op.
-    let timer_fired = eventually(WITHIN, || async { app.queue_depth(&app.topology.cache_queue("order.2000")).await == 0 }).await;
+    let timer_fired = eventually(WITHIN, || async {
+        app.queue_depth(&app.topology.cache_queue("order.2000"))
+            .await
+            == 0
+    })
+    .await;
     assert!(timer_fired);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(app.order_status(&paid).await, "paid");
@@ -39,7 +48,12 @@ async fn a_waybill_is_cancelled_and_an_accepted_one_kept() {
     let app = TestApp::spawn().await;
     let waiting = id_of(&app.create_waybill().await);
     let accepted = id_of(&app.create_waybill().await);
-    let (status, _) = app.post(&format!("/waybills/{accepted}/accept"), json!({"carrier_id": "c9"})).await;
+    let (status, _) = app
+        .post(
+            &format!("/waybills/{accepted}/accept"),
+            json!({"carrier_id": "c9"}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
     let cancelled = eventually(WITHIN, || async {
         app.get(&format!("/waybills/{waiting}")).await.1["status"] == "cancelled"
@@ -51,8 +65,16 @@ async fn a_waybill_is_cancelled_and_an_accepted_one_kept() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, kept) = app.get(&format!("/waybills/{accepted}")).await;
     assert_eq!(kept["status"], "accepted");
-    let (status, body) = app.post(&format!("/waybills/{waiting}/accept"), json!({"carrier_id": "late"})).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("waybill_cancelled")));
+    let (status, body) = app
+        .post(
+            &format!("/waybills/{waiting}/accept"),
+            json!({"carrier_id": "late"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("waybill_cancelled"))
+    );
 }
 
 #[tokio::test]
@@ -75,17 +97,24 @@ async fn pays_racing_the_deadline_end_paid_or_cancelled_never_both() {
     });
     let answers = futures_util::future::join_all(pays).await;
     for (id, _) in &orders {
-        let settled = eventually(WITHIN, || async { app.order_status(id).await != "pending" }).await;
+        let settled =
+            eventually(WITHIN, || async { app.order_status(id).await != "pending" }).await;
         assert!(settled, "order {id} still pending");
     }
     let (mut paid, mut refused) = (0, 0);
     for (id, (status, body)) in answers {
-        let row: (String, Option<DateTime<Utc>>, Option<DateTime<Utc>>, DateTime<Utc>) =
-            sqlx::query_as("select status, paid_at, cancelled_at, expires_at from orders where id = $1")
-                .bind(Uuid::parse_str(&id).unwrap())
-                .fetch_one(&app.pool)
-                .await
-                .unwrap();
+        let row: (
+            String,
+            Option<DateTime<Utc>>,
+            Option<DateTime<Utc>>,
+            DateTime<Utc>,
+        ) = sqlx::query_as(
+            "select status, paid_at, cancelled_at, expires_at from orders where id = $1",
+        )
+        .bind(Uuid::parse_str(&id).unwrap())
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
         match status {
             StatusCode::OK => {
                 paid += 1;
@@ -97,7 +126,10 @@ async fn pays_racing_the_deadline_end_paid_or_cancelled_never_both() {
                 refused += 1;
                 // Refused because the deadline passed, before or after the cancel landed.
                 let code = body["error"]["code"].as_str().unwrap_or_default();
-                assert!(code == "order_expired" || code == "order_cancelled", "{body}");
+                assert!(
+                    code == "order_expired" || code == "order_cancelled",
+                    "{body}"
+                );
                 assert_eq!(row.0, "cancelled", "{id} refused but is {}", row.0);
                 assert!(row.1.is_none());
             }
@@ -121,15 +153,27 @@ async fn an_early_delivery_is_re_armed_and_cancelled_at_the_deadline_not_before(
     let body = serde_json::to_vec(&json!({"kind": "order", "id": id})).unwrap();
     let channel = app.channel().await;
     channel
-        .basic_publish("".into(), app.topology.due_queue.as_str().into(), BasicPublishOptions::default(), &body,
-            BasicProperties::default().with_delivery_mode(2).with_message_id(id.to_string().into()))
+        .basic_publish(
+            "".into(),
+            app.topology.due_queue.as_str().into(),
+            BasicPublishOptions::default(),
+            &body,
+            BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_message_id(id.to_string().into()),
+        )
         .await
         .unwrap()
         .await
         .unwrap();
-    app.wait_for_order_status(&id.to_string(), "cancelled", WITHIN).await;
+    app.wait_for_order_status(&id.to_string(), "cancelled", WITHIN)
+        .await;
     let (expires, cancelled): (DateTime<Utc>, DateTime<Utc>) =
-        sqlx::query_as("select expires_at, cancelled_at from orders where id = $1").bind(id).fetch_one(&app.pool).await.unwrap();
+        sqlx::query_as("select expires_at, cancelled_at from orders where id = $1")
+            .bind(id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     assert!(cancelled >= expires, "cancelled early");
     let lateness = (cancelled - expires).num_milliseconds();
     assert!(lateness < 1000, "re-armed timer was {lateness} ms late");
@@ -141,19 +185,64 @@ async fn the_cache_bucket_has_its_dead_letter_arguments_and_holds_persistent_exp
     let cache = app.topology.cache_queue("order.5000");
     // Redeclaring with the same arguments succeeds; with other arguments the broker refuses.
     let mut expected = FieldTable::default();
-    expected.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(LongString::from(app.topology.delay_exchange.as_bytes().to_vec())));
-    expected.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(LongString::from(b"due".to_vec())));
-    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-    app.channel().await.queue_declare(cache.as_str().into(), durable, expected).await.expect("same arguments");
-    let refused = app.channel().await.queue_declare(cache.as_str().into(), durable, FieldTable::default()).await;
-    assert!(refused.is_err(), "a cache queue without dead-lettering was accepted");
+    expected.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(LongString::from(
+            app.topology.delay_exchange.as_bytes().to_vec(),
+        )),
+    );
+    expected.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(LongString::from(b"due".to_vec())),
+    );
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    app.channel()
+        .await
+        .queue_declare(cache.as_str().into(), durable, expected)
+        .await
+        .expect("same arguments");
+    let refused = app
+        .channel()
+        .await
+        .queue_declare(cache.as_str().into(), durable, FieldTable::default())
+        .await;
+    assert!(
+        refused.is_err(),
+        "a cache queue without dead-lettering was accepted"
+    );
 
     let id = id_of(&app.create_order().await);
-    let timer = poll(WITHIN, || app.peek(&cache)).await.expect("no timer in the cache bucket");
-    assert_eq!(timer.properties.delivery_mode(), &Some(2), "timer not persistent");
-    assert_eq!(timer.properties.message_id().as_ref().map(|m| m.to_string()), Some(id.clone()));
-    let expiration: u64 = timer.properties.expiration().as_ref().unwrap().to_string().parse().unwrap();
-    assert!((4000..=5000).contains(&expiration), "expiration {expiration}");
+    let timer = poll(WITHIN, || app.peek(&cache))
+        .await
+        .expect("no timer in the cache bucket");
+    assert_eq!(
+        timer.properties.delivery_mode(),
+        &Some(2),
+        "timer not persistent"
+    );
+    assert_eq!(
+        timer
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.to_string()),
+        Some(id.clone())
+    );
+    let expiration: u64 = timer
+        .properties
+        .expiration()
+        .as_ref()
+        .unwrap()
+        .to_string()
+        .parse()
+        .unwrap();
+    assert!(
+        (4000..=5000).contains(&expiration),
+        "expiration {expiration}"
+    );
     let body: Value = serde_json::from_slice(&timer.data).unwrap();
     assert_eq!(body, json!({"kind": "order", "id": id}));
 }
@@ -166,8 +255,13 @@ async fn every_state_change_is_published_as_an_event_with_the_entity() {
     let expiring = id_of(&app.create_order().await);
     let (_, paid_order) = app.pay(&paid).await;
     let waybill = id_of(&app.create_waybill().await);
-    app.post(&format!("/waybills/{waybill}/accept"), json!({"carrier_id": "c"})).await;
-    app.wait_for_order_status(&expiring, "cancelled", WITHIN).await;
+    app.post(
+        &format!("/waybills/{waybill}/accept"),
+        json!({"carrier_id": "c"}),
+    )
+    .await;
+    app.wait_for_order_status(&expiring, "cancelled", WITHIN)
+        .await;
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + WITHIN;
     while seen.len() < 6 && tokio::time::Instant::now() < deadline {
@@ -175,7 +269,10 @@ async fn every_state_change_is_published_as_an_event_with_the_entity() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(seen.len(), 6, "events seen: {seen:?}");
-    let mut keys: Vec<(String, String)> = seen.iter().map(|(key, body)| (key.clone(), id_of(body))).collect();
+    let mut keys: Vec<(String, String)> = seen
+        .iter()
+        .map(|(key, body)| (key.clone(), id_of(body)))
+        .collect();
     keys.sort();
     let mut expected = vec![
         ("order.created".to_owned(), paid.clone()),
@@ -188,32 +285,54 @@ async fn every_state_change_is_published_as_an_event_with_the_entity() {
     expected.sort();
     assert_eq!(keys, expected);
     let paid_event = seen.iter().find(|(key, _)| key == "order.paid").unwrap();
-    assert_eq!(paid_event.1, paid_order, "the event carries the entity as the API returns it");
+    assert_eq!(
+        paid_event.1, paid_order,
+        "the event carries the entity as the API returns it"
+    );
     let (_, cancelled) = app.get(&format!("/orders/{expiring}")).await;
-    let cancelled_event = seen.iter().find(|(key, _)| key == "order.cancelled").unwrap();
+    let cancelled_event = seen
+        .iter()
+        .find(|(key, _)| key == "order.cancelled")
+        .unwrap();
     assert_eq!(cancelled_event.1, cancelled);
 }
 
 #[tokio::test]
 async fn an_order_created_while_the_broker_is_unreachable_is_still_cancelled() {
-    let mut app = TestApp::spawn_with(|c| c.amqp_url = "amqp://guest:guest@127.0.0.1:1/%2f".into()).await;
+    let mut app =
+        TestApp::spawn_with(|c| c.amqp_url = "amqp://guest:guest@127.0.0.1:1/%2f".into()).await;
     let id = id_of(&app.create_order().await);
     let (status, ready) = app.get("/readyz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(ready["checks"]["broker"], "down");
-    assert!(ready["error"]["message"].as_str().unwrap().contains("broker"));
+    assert!(
+        ready["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("broker")
+    );
     // Its deadline passes while no timer can fire: paying is refused all the same.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let (status, body) = app.pay(&id).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("order_expired")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("order_expired"))
+    );
     assert_eq!(app.order_status(&id).await, "pending");
     app.instance.stop().await.unwrap();
     // The same database with the real broker: the outbox delivers the timer, late.
     let _fixed = app.spawn_instance(|_| {}).await;
     app.wait_for_order_status(&id, "cancelled", WITHIN).await;
-    let backlog: i64 = sqlx::query_scalar("select count(*) from outbox where published_at is null").fetch_one(&app.pool).await.unwrap();
+    let backlog: i64 = sqlx::query_scalar("select count(*) from outbox where published_at is null")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
     let drained = eventually(WITHIN, || async {
-        sqlx::query_scalar::<_, i64>("select count(*) from outbox where published_at is null").fetch_one(&app.pool).await.unwrap() == 0
+        sqlx::query_scalar::<_, i64>("select count(*) from outbox where published_at is null")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+            == 0
     })
     .await;
     assert!(drained, "outbox backlog {backlog} never drained");

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -17,7 +17,7 @@ use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 
-use crate::helpers::{eventually, TestApp, AMQP_URL};
+use crate::helpers::{AMQP_URL, TestApp, eventually};
 
 /// Longest answer any request may take, whatever is down.
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(3);
@@ -36,7 +36,11 @@ pub struct LoadShape {
 
 impl Default for LoadShape {
     fn default() -> Self {
-        Self { workers: 3, interval: Duration::from_millis(20), pay_within: Duration::from_millis(2300) }
+        Self {
+            workers: 3,
+            interval: Duration::from_millis(20),
+            pay_within: Duration::from_millis(2300),
+        }
     }
 }
 
@@ -81,14 +85,26 @@ impl Stats {
 
     /// Answers that must never happen under any fault: slow, 500, unexpected 503.
     pub fn assert_always_answered_well(&self) {
-        assert!(self.too_slow.is_empty(), "requests answered slower than {ANSWER_WITHIN:?}: {:?}", first(&self.too_slow));
-        assert!(self.bad_answers.is_empty(), "bad answers: {:?}", first(&self.bad_answers));
+        assert!(
+            self.too_slow.is_empty(),
+            "requests answered slower than {ANSWER_WITHIN:?}: {:?}",
+            first(&self.too_slow)
+        );
+        assert!(
+            self.bad_answers.is_empty(),
+            "bad answers: {:?}",
+            first(&self.bad_answers)
+        );
     }
 
     /// Neither slow nor bad answers, and every request reached the service.
     pub fn assert_http_never_failed(&self) {
         self.assert_always_answered_well();
-        assert!(self.transport_errors.is_empty(), "requests without an answer: {:?}", self.transport_errors);
+        assert!(
+            self.transport_errors.is_empty(),
+            "requests without an answer: {:?}",
+            self.transport_errors
+        );
     }
 }
 
@@ -107,13 +123,29 @@ pub struct Load {
 impl Load {
     /// Starts `shape.workers` creators spreading their requests over `targets` (base URLs).
     pub fn start(targets: Vec<String>, shape: LoadShape) -> Self {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("client");
         let stop = CancellationToken::new();
         let targets = Arc::new(RwLock::new(targets));
         let workers = (0..shape.workers)
-            .map(|n| tokio::spawn(worker(n, client.clone(), targets.clone(), shape.clone(), stop.clone())))
+            .map(|n| {
+                tokio::spawn(worker(
+                    n,
+                    client.clone(),
+                    targets.clone(),
+                    shape.clone(),
+                    stop.clone(),
+                ))
+            })
             .collect();
-        Self { stop, targets, workers, started: Instant::now() }
+        Self {
+            stop,
+            targets,
+            workers,
+            started: Instant::now(),
+        }
     }
 
     /// Sends every later request to these targets instead.
@@ -173,16 +205,26 @@ async fn worker(
         let body = json!({"customer_id": format!("load-{n}"), "amount_cents": 100 + round as i64, "currency": "EUR"});
         let answer = call(&client, &target, "create", "/orders", body, &mut stats).await;
         if let Some((StatusCode::CREATED, order)) = answer {
-            let id = Uuid::parse_str(order["id"].as_str().unwrap_or_default()).expect("created order id");
+            let id = Uuid::parse_str(order["id"].as_str().unwrap_or_default())
+                .expect("created order id");
             stats.created.push(id);
             if rng.next() % 2 == 0 {
-                let delay = Duration::from_millis(rng.next() % shape.pay_within.as_millis().max(1) as u64);
+                let delay =
+                    Duration::from_millis(rng.next() % shape.pay_within.as_millis().max(1) as u64);
                 let (client, targets) = (client.clone(), targets.clone());
                 payments.spawn(async move {
                     tokio::time::sleep(delay).await;
                     let mut stats = Stats::default();
                     let target = pick(&targets, n);
-                    let answer = call(&client, &target, "pay", &format!("/orders/{id}/pay"), json!({}), &mut stats).await;
+                    let answer = call(
+                        &client,
+                        &target,
+                        "pay",
+                        &format!("/orders/{id}/pay"),
+                        json!({}),
+                        &mut stats,
+                    )
+                    .await;
                     if let Some((StatusCode::OK, _)) = answer {
                         stats.paid.push(id);
                     }
@@ -210,14 +252,28 @@ fn pick(targets: &RwLock<Vec<String>>, n: usize) -> String {
 }
 
 /// One POST; records its answer and timing; returns status and body when answered.
-async fn call(client: &reqwest::Client, target: &str, what: &str, path: &str, body: Value, stats: &mut Stats) -> Option<(StatusCode, Value)> {
+async fn call(
+    client: &reqwest::Client,
+    target: &str,
+    what: &str,
+    path: &str,
+    body: Value,
+    stats: &mut Stats,
+) -> Option<(StatusCode, Value)> {
     let started = Instant::now();
-    let result = client.post(format!("{target}{path}")).json(&body).send().await;
+    let result = client
+        .post(format!("{target}{path}"))
+        .json(&body)
+        .send()
+        .await;
     let answer = match result {
         Ok(response) => {
             let status = response.status();
             match response.text().await {
-                Ok(text) => Some((status, serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text)))),
+                Ok(text) => Some((
+                    status,
+                    serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text)),
+                )),
                 Err(_) => None,
             }
         }
@@ -226,18 +282,30 @@ async fn call(client: &reqwest::Client, target: &str, what: &str, path: &str, bo
     let elapsed = started.elapsed();
     stats.slowest = stats.slowest.max(elapsed);
     if elapsed > ANSWER_WITHIN {
-        stats.too_slow.push(format!("{what} {path} took {} ms", elapsed.as_millis()));
+        stats
+            .too_slow
+            .push(format!("{what} {path} took {} ms", elapsed.as_millis()));
     }
     let Some((status, value)) = answer else {
         *stats.transport_errors.entry(target.to_owned()).or_default() += 1;
         return None;
     };
-    let code = value["error"]["code"].as_str().unwrap_or_default().to_owned();
-    let key = if code.is_empty() { format!("{what} {}", status.as_u16()) } else { format!("{what} {} {code}", status.as_u16()) };
+    let code = value["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let key = if code.is_empty() {
+        format!("{what} {}", status.as_u16())
+    } else {
+        format!("{what} {} {code}", status.as_u16())
+    };
     *stats.answers.entry(key).or_default() += 1;
-    let acceptable_503 = status == StatusCode::SERVICE_UNAVAILABLE && code == "database_unavailable";
+    let acceptable_503 =
+        status == StatusCode::SERVICE_UNAVAILABLE && code == "database_unavailable";
     if status.is_server_error() && !acceptable_503 {
-        stats.bad_answers.push(format!("{what} {path}: {status} {value}"));
+        stats
+            .bad_answers
+            .push(format!("{what} {path}: {status} {value}"));
     }
     Some((status, value))
 }
@@ -278,9 +346,20 @@ struct OrderRow {
 /// nothing was lost: every order paid or cancelled, no paid order cancelled, no order
 /// cancelled before its deadline, every state change published at least once, nothing
 /// left for an operator. Prints and returns the lateness.
-pub async fn verify(app: &TestApp, label: &str, events_queue: &str, stats: &Stats, outages: &[Outage], within: Duration) -> Verdict {
+pub async fn verify(
+    app: &TestApp,
+    label: &str,
+    events_queue: &str,
+    stats: &Stats,
+    outages: &[Outage],
+    within: Duration,
+) -> Verdict {
     let settled = eventually(within, || async {
-        sqlx::query_scalar::<_, i64>("select count(*) from orders where status = 'pending'").fetch_one(&app.pool).await.expect("count") == 0
+        sqlx::query_scalar::<_, i64>("select count(*) from orders where status = 'pending'")
+            .fetch_one(&app.pool)
+            .await
+            .expect("count")
+            == 0
     })
     .await;
     if !settled {
@@ -289,23 +368,41 @@ pub async fn verify(app: &TestApp, label: &str, events_queue: &str, stats: &Stat
                 .fetch_all(&app.pool)
                 .await
                 .expect("pending");
-        panic!("{label}: orders still pending {within:?} after the load, e.g. {pending:?} (now {})", app.db_now().await);
+        panic!(
+            "{label}: orders still pending {within:?} after the load, e.g. {pending:?} (now {})",
+            app.db_now().await
+        );
     }
     let drained = eventually(within, || async {
-        sqlx::query_scalar::<_, i64>("select count(*) from outbox where published_at is null").fetch_one(&app.pool).await.expect("backlog") == 0
+        sqlx::query_scalar::<_, i64>("select count(*) from outbox where published_at is null")
+            .fetch_one(&app.pool)
+            .await
+            .expect("backlog")
+            == 0
     })
     .await;
     assert!(drained, "{label}: outbox never drained");
 
-    let orders: Vec<OrderRow> =
-        sqlx::query_as("select id, status, expires_at, paid_at, cancelled_at, cancel_reason from orders").fetch_all(&app.pool).await.expect("orders");
+    let orders: Vec<OrderRow> = sqlx::query_as(
+        "select id, status, expires_at, paid_at, cancelled_at, cancel_reason from orders",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .expect("orders");
     let by_id: HashMap<Uuid, &OrderRow> = orders.iter().map(|o| (o.id, o)).collect();
     for id in &stats.created {
-        assert!(by_id.contains_key(id), "{label}: order {id} answered 201 but is not stored");
+        assert!(
+            by_id.contains_key(id),
+            "{label}: order {id} answered 201 but is not stored"
+        );
     }
     for id in &stats.paid {
         let order = by_id[id];
-        assert_eq!(order.status, "paid", "{label}: order {id} answered paid but is {}", order.status);
+        assert_eq!(
+            order.status, "paid",
+            "{label}: order {id} answered paid but is {}",
+            order.status
+        );
     }
     let (mut max_lateness_ms, mut max_beyond_ms) = (0i64, 0i64);
     let mut expected: HashSet<(String, Uuid)> = HashSet::new();
@@ -314,14 +411,31 @@ pub async fn verify(app: &TestApp, label: &str, events_queue: &str, stats: &Stat
         match order.status.as_str() {
             "paid" => {
                 let paid_at = order.paid_at.expect("paid_at");
-                assert!(order.cancelled_at.is_none(), "{label}: paid order {} was cancelled too", order.id);
-                assert!(paid_at < order.expires_at, "{label}: order {} paid after its deadline", order.id);
+                assert!(
+                    order.cancelled_at.is_none(),
+                    "{label}: paid order {} was cancelled too",
+                    order.id
+                );
+                assert!(
+                    paid_at < order.expires_at,
+                    "{label}: order {} paid after its deadline",
+                    order.id
+                );
                 expected.insert(("order.paid".into(), order.id));
             }
             "cancelled" => {
                 let cancelled_at = order.cancelled_at.expect("cancelled_at");
-                assert_eq!(order.cancel_reason.as_deref(), Some("payment_timeout"), "{label}: order {}", order.id);
-                assert!(order.paid_at.is_none(), "{label}: cancelled order {} has a payment", order.id);
+                assert_eq!(
+                    order.cancel_reason.as_deref(),
+                    Some("payment_timeout"),
+                    "{label}: order {}",
+                    order.id
+                );
+                assert!(
+                    order.paid_at.is_none(),
+                    "{label}: cancelled order {} has a payment",
+                    order.id
+                );
                 assert!(
                     cancelled_at >= order.expires_at,
                     "{label}: order {} cancelled at {cancelled_at}, before its deadline {}",
@@ -357,15 +471,41 @@ pub async fn verify(app: &TestApp, label: &str, events_queue: &str, stats: &Stat
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let missing: Vec<&(String, Uuid)> = expected.iter().filter(|event| !seen.contains_key(event)).collect();
-    assert!(missing.is_empty(), "{label}: {} of {} events lost, e.g. {:?}", missing.len(), expected.len(), &missing[..missing.len().min(5)]);
-    let unexpected: Vec<&(String, Uuid)> = seen.keys().filter(|event| !expected.contains(event)).collect();
-    assert!(unexpected.is_empty(), "{label}: events of changes that did not happen: {:?}", &unexpected[..unexpected.len().min(5)]);
+    let missing: Vec<&(String, Uuid)> = expected
+        .iter()
+        .filter(|event| !seen.contains_key(event))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{label}: {} of {} events lost, e.g. {:?}",
+        missing.len(),
+        expected.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let unexpected: Vec<&(String, Uuid)> = seen
+        .keys()
+        .filter(|event| !expected.contains(event))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "{label}: events of changes that did not happen: {:?}",
+        &unexpected[..unexpected.len().min(5)]
+    );
     let events: usize = seen.values().sum();
 
-    let failed: i64 = sqlx::query_scalar("select count(*) from failed_messages").fetch_one(&app.pool).await.expect("failed");
-    assert_eq!(failed, 0, "{label}: messages left for an operator in failed_messages");
-    assert_eq!(observer.depth(&app.topology.parking_queue).await, Some(0), "{label}: messages parked");
+    let failed: i64 = sqlx::query_scalar("select count(*) from failed_messages")
+        .fetch_one(&app.pool)
+        .await
+        .expect("failed");
+    assert_eq!(
+        failed, 0,
+        "{label}: messages left for an operator in failed_messages"
+    );
+    assert_eq!(
+        observer.depth(&app.topology.parking_queue).await,
+        Some(0),
+        "{label}: messages parked"
+    );
 
     let verdict = Verdict {
         orders: orders.len(),
@@ -399,8 +539,14 @@ struct Observer {
 
 impl Observer {
     async fn channel(&mut self) -> Option<lapin::Channel> {
-        if !self.connection.as_ref().is_some_and(|c| c.status().connected()) {
-            self.connection = Connection::connect(AMQP_URL, ConnectionProperties::default()).await.ok();
+        if !self
+            .connection
+            .as_ref()
+            .is_some_and(|c| c.status().connected())
+        {
+            self.connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
+                .await
+                .ok();
         }
         let channel = self.connection.as_ref()?.create_channel().await.ok();
         if channel.is_none() {
@@ -412,16 +558,25 @@ impl Observer {
     /// Every message of `queue` as (routing key, body); acked once all are read, so a
     /// connection lost midway redelivers them (a duplicate at worst, never a loss).
     async fn drain(&mut self, queue: &str) -> Vec<(String, Value)> {
-        let Some(channel) = self.channel().await else { return Vec::new() };
+        let Some(channel) = self.channel().await else {
+            return Vec::new();
+        };
         let mut messages = Vec::new();
         let mut last_tag = None;
-        while let Ok(Some(message)) = channel.basic_get(queue.into(), BasicGetOptions { no_ack: false }).await {
+        while let Ok(Some(message)) = channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+            .await
+        {
             let body = serde_json::from_slice(&message.delivery.data).unwrap_or(Value::Null);
             messages.push((message.delivery.routing_key.to_string(), body));
             last_tag = Some(message.delivery.delivery_tag);
         }
         if let Some(tag) = last_tag {
-            if channel.basic_ack(tag, BasicAckOptions { multiple: true }).await.is_err() {
+            if channel
+                .basic_ack(tag, BasicAckOptions { multiple: true })
+                .await
+                .is_err()
+            {
                 return Vec::new();
             }
         }
@@ -432,8 +587,15 @@ impl Observer {
     /// Messages ready in `queue`.
     async fn depth(&mut self, queue: &str) -> Option<u32> {
         let channel = self.channel().await?;
-        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-        channel.queue_declare(queue.into(), passive, FieldTable::default()).await.ok().map(|q| q.message_count())
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+            .ok()
+            .map(|q| q.message_count())
     }
 }
 
