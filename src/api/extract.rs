@@ -15,12 +15,10 @@ use crate::domain::FieldError;
 /// Largest request body accepted.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
-/// A JSON body (any JSON value) and its raw bytes, for idempotency hashing.
+/// A JSON body (any JSON value), read within the body limit.
 pub struct JsonBody {
     /// The parsed document; the domain parsers check its shape.
     pub value: Value,
-    /// The bytes as received.
-    pub raw: Bytes,
 }
 
 impl<S: Send + Sync> FromRequest<S> for JsonBody {
@@ -44,7 +42,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             serde_json::from_slice(&raw)
                 .map_err(|e| ApiError::InvalidJson(format!("body is not valid JSON: {e}")))?
         };
-        Ok(Self { value, raw })
+        Ok(Self { value })
     }
 }
 

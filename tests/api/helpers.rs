@@ -132,13 +132,6 @@ impl Instance {
         }
     }
 
-    /// Aborts the instance's main task, as close to a crash as one process allows.
-    pub fn kill(&mut self) {
-        if let Some(handle) = self.handle.take() {
-            handle.abort();
-        }
-    }
-
     /// Waits for the instance to exit by itself (e.g. RECONNECT_MAX).
     pub async fn exited(&mut self, within: Duration) -> Option<anyhow::Result<()>> {
         let handle = self.handle.as_mut()?;
