@@ -6,11 +6,13 @@
 FROM rust:1.95-bookworm AS builder
 WORKDIR /src
 # Everything the build reads, and nothing else (no target/ from the host). The migrations
-# and openapi.yaml are compiled into the binary; the manifest names tests/api/main.rs.
+# and openapi.yaml are compiled into the binary; the manifest names tests/api/main.rs
+# and the bench/ workspace member.
 COPY Cargo.toml Cargo.lock build.rs openapi.yaml ./
 COPY migrations ./migrations
 COPY src ./src
 COPY tests ./tests
+COPY bench ./bench
 # Cache the registry and the target directory between builds (BuildKit); the binary is
 # copied out because a cache mount does not end up in the image.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

@@ -26,7 +26,6 @@
 
 pub mod alert;
 pub mod api;
-pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod domain;

@@ -29,9 +29,6 @@ enum Command {
         )]
         database_url: String,
     },
-    /// Measure throughput, cancel lateness, a burst of deadlines and memory on this
-    /// machine, next to the raw-insert baseline; see README.md "Performance".
-    Bench(order_timeout::bench::BenchArgs),
 }
 
 #[tokio::main]
@@ -40,7 +37,6 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(config) => serve(config).await,
         Command::Migrate { database_url } => migrate(&database_url).await,
-        Command::Bench(args) => order_timeout::bench::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,16 +14,17 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
+use order_timeout::config::Config;
+use order_timeout::startup::topology_of;
+use order_timeout::store::{self, PoolSettings};
+
 use super::service::Service;
-use super::{BenchArgs, ServiceMode, Sizes};
-use crate::config::Config;
-use crate::startup::topology_of;
-use crate::store::{self, PoolSettings};
+use super::{BenchArgs, Sizes};
 
 /// Where the service under test comes from.
 enum Mode {
-    /// Started by the bench for each phase, in a child process or in-process.
-    Started(ServiceMode),
+    /// Started by the bench for each phase: this binary, as a child process.
+    Started(PathBuf),
     /// Already running at this URL, maybe with a known process id.
     External { url: String, pid: Option<u32> },
 }
@@ -68,7 +69,7 @@ impl BenchEnv {
                 )
             }
             None => (
-                Mode::Started(args.service),
+                Mode::Started(service_bin(args)?),
                 with_database(&args.database_url, &format!("ot_bench_{run_id}")),
             ),
         };
@@ -122,10 +123,7 @@ impl BenchEnv {
     /// How the service runs, for the report.
     pub fn describe_service(&self) -> String {
         match &self.mode {
-            Mode::Started(ServiceMode::Child) => "child process (`order-timeout serve`)".into(),
-            Mode::Started(ServiceMode::InProcess) => {
-                "in-process (memory figures include the bench client)".into()
-            }
+            Mode::Started(bin) => format!("child process (`{} serve`)", bin.display()),
             Mode::External { url, pid } => format!("external at {url} (pid {pid:?})"),
         }
     }
@@ -143,9 +141,9 @@ impl BenchEnv {
     /// Starts the service with this ORDER_TIMEOUT, ready to take requests (an external
     /// service is used as it is).
     pub async fn start(&self, order_timeout: Duration) -> anyhow::Result<Service> {
-        let mode = match &self.mode {
+        let bin = match &self.mode {
             Mode::External { url, pid } => return Ok(Service::external(url, *pid)),
-            Mode::Started(mode) => *mode,
+            Mode::Started(bin) => bin,
         };
         let mut config = Config::defaults();
         config.database_url = self.database_url.clone();
@@ -154,10 +152,7 @@ impl BenchEnv {
         config.order_timeout = order_timeout;
         config.database_pool_size = self.pool_size;
         self.remember_queues(topology_of(&config).all_queues());
-        match mode {
-            ServiceMode::Child => Service::spawn_child(config, &self.log_path).await,
-            ServiceMode::InProcess => Service::in_process(config).await,
-        }
+        Service::spawn_child(bin, config, &self.log_path).await
     }
 
     /// Records the cache queue the relay declares for a bucket (`order.30000`), so the
@@ -273,6 +268,22 @@ impl BenchEnv {
         let _ = connection.close(200, "bench done".into()).await;
         Ok(())
     }
+}
+
+/// The service binary: `--service-bin`, else `order-timeout` next to the bench's own
+/// executable (`cargo build --workspace` puts both in the same target directory).
+fn service_bin(args: &BenchArgs) -> anyhow::Result<PathBuf> {
+    let bin = match &args.service_bin {
+        Some(bin) => bin.clone(),
+        None => std::env::current_exe()?.with_file_name("order-timeout"),
+    };
+    anyhow::ensure!(
+        bin.is_file(),
+        "no service binary at {}: build it with `cargo build --workspace` (with the same \
+         --release as the bench) or name it with --service-bin",
+        bin.display()
+    );
+    Ok(bin)
 }
 
 /// The URL with its database (the path) replaced.

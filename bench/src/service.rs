@@ -1,5 +1,4 @@
-//! The service under test: a child `order-timeout serve` process, an `Application` in
-//! this process, or one already running. Started ready to serve, stopped gracefully, and
+//! The service under test: a child `order-timeout serve` process, or one already running. Started ready to serve, stopped gracefully, and
 //! its resident memory read from /proc.
 
 use std::fs::OpenOptions;
@@ -9,11 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
-use crate::startup::Application;
+use order_timeout::config::Config;
 
 /// How long a started service may take to answer `/readyz` with 200.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -32,10 +28,6 @@ pub struct Service {
 
 enum Kind {
     Child(Child),
-    InProcess {
-        shutdown: CancellationToken,
-        task: JoinHandle<anyhow::Result<()>>,
-    },
     External,
 }
 
@@ -49,9 +41,8 @@ pub struct Memory {
 }
 
 impl Service {
-    /// Runs `order-timeout serve` (this executable) with `config` in its environment and
-    /// its output appended to `log`.
-    pub async fn spawn_child(config: Config, log: &Path) -> anyhow::Result<Self> {
+    /// Runs `<bin> serve` with `config` in its environment and its output appended to `log`.
+    pub async fn spawn_child(bin: &Path, config: Config, log: &Path) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -60,7 +51,7 @@ impl Service {
             .append(true)
             .open(log)
             .with_context(|| format!("opening {}", log.display()))?;
-        let child = Command::new(std::env::current_exe()?)
+        let child = Command::new(bin)
             .arg("serve")
             .env("DATABASE_URL", &config.database_url)
             .env("AMQP_URL", &config.amqp_url)
@@ -85,22 +76,6 @@ impl Service {
             .wait_ready()
             .await
             .with_context(|| format!("the service did not become ready; see {}", log.display()))?;
-        Ok(service)
-    }
-
-    /// Builds and runs the application inside the bench process (its logs are discarded).
-    pub async fn in_process(mut config: Config) -> anyhow::Result<Self> {
-        config.http_addr = "127.0.0.1:0".parse()?;
-        let app = Application::build(config).await?;
-        let url = format!("http://{}", app.address());
-        let shutdown = app.shutdown_token();
-        let task = tokio::spawn(app.run_until_stopped());
-        let mut service = Self {
-            url,
-            pid: Some(std::process::id()),
-            kind: Kind::InProcess { shutdown, task },
-        };
-        service.wait_ready().await?;
         Ok(service)
     }
 
@@ -169,10 +144,6 @@ impl Service {
                 }
                 Ok(())
             }
-            Kind::InProcess { shutdown, task } => {
-                shutdown.cancel();
-                task.await?
-            }
             Kind::External => Ok(()),
         }
     }
@@ -186,7 +157,6 @@ impl Drop for Service {
                 let _ = child.kill();
                 let _ = child.wait();
             }
-            Kind::InProcess { shutdown, .. } => shutdown.cancel(),
             Kind::External => {}
         }
     }

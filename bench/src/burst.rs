@@ -59,7 +59,7 @@ pub struct BurstReport {
 pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<BurstReport> {
     // Whole seconds, so the bucket is a name no configured timeout uses.
     let lead_s = sizes.burst_lead_ms.div_ceil(1000).max(1);
-    let prefetch = crate::config::Config::defaults().prefetch;
+    let prefetch = order_timeout::config::Config::defaults().prefetch;
     let broker_only = broker::burst(
         env.amqp_url(),
         env.prefix(),

@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::load;
-use crate::broker::PERSISTENT;
+use order_timeout::broker::PERSISTENT;
 
 /// Messages published between two waits for confirms.
 const PUBLISH_CHUNK: usize = 1000;

@@ -1,10 +1,10 @@
-//! `order-timeout bench`: how fast the service is on this machine, measured next to what
+//! `order-timeout-bench`: how fast the service is on this machine, measured next to what
 //! PostgreSQL alone does on the same machine.
 //!
 //! The bench creates a scratch database (`ot_bench_<random>`) and queue prefix, starts the
-//! service against them (as a child `order-timeout serve` process by default, so its memory
-//! is measured alone, or in-process), and runs four phases, each on a freshly started
-//! service configured for it:
+//! service's own binary against them (`order-timeout serve` as a child process, so what is
+//! measured is what ships and its memory is its own), and runs four phases, each on a
+//! freshly started service configured for it:
 //!
 //! 1. [`create`]: `POST /orders` throughput and latency at a fixed concurrency, and in the
 //!    same run single-row INSERT transactions into a table shaped like `orders` through a
@@ -35,19 +35,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::{Parser, ValueEnum};
 
 use self::env::BenchEnv;
 use self::report::Report;
-
-/// How the service under test runs when no `--url` is given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ServiceMode {
-    /// `order-timeout serve` as a child process: its memory is its own.
-    Child,
-    /// `Application::build` inside the bench: one process, memory includes the client.
-    InProcess,
-}
 
 /// The parts of the bench.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -62,9 +53,10 @@ pub enum Phase {
     Pending,
 }
 
-/// The flags of `order-timeout bench`. Sizes left out take the full-size default, or the
+/// The flags of `order-timeout-bench`. Sizes left out take the full-size default, or the
 /// `--tiny` one (shown second in each help text).
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Parser)]
+#[command(name = "order-timeout-bench", version, about)]
 pub struct BenchArgs {
     /// Measure the service already running at this base URL instead of starting one.
     #[arg(long)]
@@ -74,9 +66,10 @@ pub struct BenchArgs {
     #[arg(long, requires = "url")]
     pub pid: Option<u32>,
 
-    /// How the service is started without --url.
-    #[arg(long, value_enum, default_value = "child")]
-    pub service: ServiceMode,
+    /// The service binary started for each phase without --url [default: `order-timeout`
+    /// next to this executable, i.e. the same cargo profile's build of the workspace].
+    #[arg(long, env = "ORDER_TIMEOUT_BIN")]
+    pub service_bin: Option<PathBuf>,
 
     /// PostgreSQL. Without --url only its server is used: a scratch database
     /// `ot_bench_<random>` is created there and dropped at the end. With --url it must be
@@ -204,8 +197,19 @@ impl Sizes {
     }
 }
 
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run(BenchArgs::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("order-timeout-bench: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs the bench, writes its report, cleans up (also after a failure or Ctrl-C).
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let sizes = Sizes::of(&args);
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
