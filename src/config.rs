@@ -39,6 +39,11 @@ pub struct Config {
     #[arg(long, env = "WAYBILL_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
     pub waybill_timeout: Duration,
 
+    /// The longest `timeout_seconds` a create may ask for, and the furthest from now an
+    /// extension may move a deadline. Also bounds the re-arm delay levels.
+    #[arg(long, env = "MAX_TIMEOUT", default_value = "7d", value_parser = parse_duration)]
+    pub max_timeout: Duration,
+
     /// First part of every exchange and queue name, so several deployments share a broker.
     #[arg(long, env = "QUEUE_PREFIX", default_value = "order_timeout", value_parser = parse_prefix)]
     pub queue_prefix: String,

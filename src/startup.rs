@@ -190,6 +190,7 @@ pub fn topology_of(config: &Config) -> Topology {
     Topology::new(
         &config.queue_prefix,
         &timeouts,
+        config.max_timeout,
         &config.retry_delays,
         config.queue_type,
     )

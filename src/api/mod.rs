@@ -3,6 +3,7 @@
 
 mod admin;
 mod console;
+mod deadlines;
 mod error;
 mod extract;
 mod health;
@@ -51,6 +52,8 @@ pub fn router(state: AppState) -> Router {
         .merge(orders::router())
         .merge(waybills::router())
         .merge(admin::router(state.clone()))
+        .merge(deadlines::router())
+        .merge(deadlines::admin_router(state.clone()))
         .merge(console::router(state.clone()))
         .merge(health::router())
         .fallback(|| async { ApiError::NotFound("no such route") })

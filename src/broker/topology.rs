@@ -46,16 +46,20 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// Derives every name from the prefix; levels reach the longest timeout.
+    /// Derives every name from the prefix; levels reach the longest timeout or
+    /// `max_timeout` (an extended deadline), whichever is longer, so a re-armed timer
+    /// needs at most one hop per level (about 30 for 7 days).
     pub fn new(
         prefix: &str,
         timeouts: &[(EntityKind, Duration)],
+        max_timeout: Duration,
         retry_delays: &[Duration],
         queue_type: QueueType,
     ) -> Self {
         let longest = timeouts
             .iter()
             .map(|(_, t)| t.as_millis() as u64)
+            .chain([max_timeout.as_millis() as u64])
             .max()
             .unwrap_or(1)
             .max(1024);
@@ -251,6 +255,7 @@ mod tests {
                 (EntityKind::Order, Duration::from_secs(2)),
                 (EntityKind::Waybill, Duration::from_secs(3)),
             ],
+            Duration::from_secs(2),
             &[Duration::from_secs(1), Duration::from_secs(5)],
             QueueType::Classic,
         )

@@ -2,10 +2,12 @@
 //! and which kind of entity a timer belongs to. Nothing here talks to the database or
 //! the broker.
 
+mod deadline;
 mod fields;
 mod order;
 mod waybill;
 
+pub use deadline::{BulkExtension, Extension, parse_seconds};
 pub use fields::{
     CarrierId, Currency, CustomerId, FieldError, Items, LineItem, Money, Place, RequiredText,
 };
@@ -42,6 +44,15 @@ impl EntityKind {
         match self {
             EntityKind::Order => "payment_timeout",
             EntityKind::Waybill => "acceptance_timeout",
+        }
+    }
+
+    /// The routing key of the event emitted when an entity of this kind's deadline is
+    /// extended.
+    pub fn extended_event(self) -> &'static str {
+        match self {
+            EntityKind::Order => "order.extended",
+            EntityKind::Waybill => "waybill.extended",
         }
     }
 

@@ -2,6 +2,7 @@
 //! Each submodule owns the queries of one table; callers never write SQL.
 
 pub mod console;
+pub mod deadlines;
 pub mod entities;
 pub mod error;
 pub mod failed;

@@ -6,6 +6,7 @@ mod proxy;
 
 mod chaos;
 mod console;
+mod deadlines;
 mod failures;
 mod http_contract;
 mod openapi;

@@ -444,11 +444,14 @@ fn the_spec_documents_every_route_of_the_contract() {
         "GET /orders/{id}",
         "POST /orders/{id}/pay",
         "POST /orders/{id}/cancel",
+        "POST /orders/{id}/extend",
         "POST /waybills",
         "GET /waybills",
         "GET /waybills/{id}",
         "POST /waybills/{id}/accept",
         "POST /waybills/{id}/cancel",
+        "POST /waybills/{id}/extend",
+        "POST /admin/deadlines/extend",
         "GET /admin/failed-messages",
         "GET /admin/failed-messages/{id}",
         "POST /admin/failed-messages/{id}/requeue",
@@ -1402,4 +1405,141 @@ async fn store_failed(app: &TestApp, body: &[u8]) -> Uuid {
     .await
     .unwrap();
     id
+}
+
+#[tokio::test]
+async fn deadline_steering_answers_as_documented() {
+    use Method as M;
+    let spec = Spec::load();
+    let app = TestApp::spawn().await;
+    let c = Caller::new(&spec, &app.instance.address);
+    for (path, create) in [("orders", "order"), ("waybills", "waybill")] {
+        let template = format!("/{path}/{{id}}/extend");
+        let entity = if create == "order" {
+            app.create_order().await
+        } else {
+            app.create_waybill().await
+        };
+        let id = id_of(&entity);
+        let at = format!("/{path}/{id}/extend");
+        let seconds = |n: i64| Some(json!({ "seconds": n }));
+        c.expect(M::POST, &template, &at, seconds(60), 200, None)
+            .await;
+        c.expect(
+            M::POST,
+            &template,
+            &at,
+            seconds(0),
+            422,
+            Some("validation_failed"),
+        )
+        .await;
+        let unknown = format!("/{path}/{}/extend", Uuid::now_v7());
+        c.expect(
+            M::POST,
+            &template,
+            &unknown,
+            seconds(5),
+            404,
+            Some("not_found"),
+        )
+        .await;
+        let bad_id = format!("/{path}/nope/extend");
+        c.expect(
+            M::POST,
+            &template,
+            &bad_id,
+            seconds(5),
+            400,
+            Some("invalid_id"),
+        )
+        .await;
+        expire(&app, path, &id).await;
+        c.expect(
+            M::POST,
+            &template,
+            &at,
+            seconds(5),
+            409,
+            Some(&format!("{create}_expired")),
+        )
+        .await;
+        c.call(
+            M::POST,
+            &format!("/{path}/{{id}}/cancel"),
+            &format!("/{path}/{id}/cancel"),
+            None,
+        )
+        .await;
+        c.expect(
+            M::POST,
+            &template,
+            &at,
+            seconds(5),
+            409,
+            Some(&format!("{create}_cancelled")),
+        )
+        .await;
+    }
+    let paid = id_of(&app.create_order().await);
+    assert_eq!(app.pay(&paid).await.0, StatusCode::OK);
+    c.expect(
+        M::POST,
+        "/orders/{id}/extend",
+        &format!("/orders/{paid}/extend"),
+        Some(json!({"seconds": 5})),
+        409,
+        Some("order_paid"),
+    )
+    .await;
+    let accepted = id_of(&app.create_waybill().await);
+    c.expect(
+        M::POST,
+        "/waybills/{id}/accept",
+        &format!("/waybills/{accepted}/accept"),
+        Some(json!({"carrier_id": "dhl"})),
+        200,
+        None,
+    )
+    .await;
+    c.expect(
+        M::POST,
+        "/waybills/{id}/extend",
+        &format!("/waybills/{accepted}/extend"),
+        Some(json!({"seconds": 5})),
+        409,
+        Some("waybill_accepted"),
+    )
+    .await;
+
+    let bulk = "/admin/deadlines/extend";
+    let answer = c
+        .expect(
+            M::POST,
+            bulk,
+            bulk,
+            Some(json!({"kind": "order", "seconds": 5, "dry_run": true})),
+            200,
+            None,
+        )
+        .await;
+    assert_eq!(answer, json!({"matched": 0, "extended": 0}));
+    c.expect(
+        M::POST,
+        bulk,
+        bulk,
+        Some(json!({"kind": "order"})),
+        422,
+        Some("validation_failed"),
+    )
+    .await;
+    let unauthorised = c
+        .client
+        .post(format!("{}{bulk}", app.instance.address))
+        .json(&json!({"kind": "order", "seconds": 5}));
+    let (status, body) = c.send(&M::POST, bulk, unauthorised).await;
+    assert_eq!(
+        (status.as_u16(), body["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
 }
