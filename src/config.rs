@@ -107,6 +107,44 @@ pub struct Config {
     #[arg(long, env = "DATABASE_REQUEST_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub database_request_timeout: Duration,
 
+    /// Longest one background database call may take, client side: the due consumer's
+    /// cancel batch, the relay's batch, a sweep, the retry router's failed-message insert.
+    /// Past it the call fails as transient (the messages take the retry path) and its
+    /// connection is closed, not reused; PostgreSQL's own timeouts cannot fire when the
+    /// network hangs.
+    #[arg(long, env = "DATABASE_CALL_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub database_call_timeout: Duration,
+
+    /// A transaction whose client stays silent this long is ended by PostgreSQL and its row
+    /// locks released (`idle_in_transaction_session_timeout`); bounds how long a vanished
+    /// client blocks the rows it locked. 0 disables.
+    #[arg(long, env = "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub database_idle_in_transaction_timeout: Duration,
+
+    /// Silence after which PostgreSQL probes a client with TCP keepalives
+    /// (`tcp_keepalives_idle`; 0 = the operating system's default, about 2 h).
+    #[arg(long, env = "DATABASE_KEEPALIVE_IDLE", default_value = "10s", value_parser = parse_duration)]
+    pub database_keepalive_idle: Duration,
+
+    /// Time between unanswered keepalive probes (`tcp_keepalives_interval`).
+    #[arg(long, env = "DATABASE_KEEPALIVE_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub database_keepalive_interval: Duration,
+
+    /// Unanswered probes after which PostgreSQL drops the client (`tcp_keepalives_count`).
+    #[arg(long, env = "DATABASE_KEEPALIVE_COUNT", default_value_t = 3)]
+    pub database_keepalive_count: u32,
+
+    /// How often a running query checks that its client is still connected
+    /// (`client_connection_check_interval`, PostgreSQL 14+; 0 disables).
+    #[arg(long, env = "DATABASE_CONNECTION_CHECK_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub database_connection_check_interval: Duration,
+
+    /// A background loop (consumer, relay, sweeper, broker supervisor) busy this long
+    /// without finishing anything is stuck: `/healthz` answers 503 naming it, so an
+    /// orchestrator restarts the process. Longer than the slowest legitimate batch.
+    #[arg(long, env = "LIVENESS_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    pub liveness_timeout: Duration,
+
     /// How long in-flight work may take to finish after SIGTERM.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -134,6 +172,23 @@ impl Config {
             .get_matches_from(["defaults"]);
         // The defaults above are all valid, so this cannot fail.
         Config::from_arg_matches(&matches).expect("built-in defaults parse")
+    }
+
+    /// How the database pool is sized and bounded.
+    pub fn pool_settings(&self) -> crate::store::PoolSettings {
+        crate::store::PoolSettings {
+            max_connections: self.database_pool_size,
+            acquire_timeout: self.database_acquire_timeout,
+            lock_timeout: self.database_lock_timeout,
+            statement_timeout: self.database_statement_timeout,
+            session: crate::store::SessionSettings {
+                idle_in_transaction_timeout: self.database_idle_in_transaction_timeout,
+                keepalive_idle: self.database_keepalive_idle,
+                keepalive_interval: self.database_keepalive_interval,
+                keepalive_count: self.database_keepalive_count,
+                connection_check_interval: self.database_connection_check_interval,
+            },
+        }
     }
 
     /// The timeout of a kind of entity, used for its deadline and its cache bucket.

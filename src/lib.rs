@@ -29,6 +29,7 @@ pub mod api;
 pub mod broker;
 pub mod config;
 pub mod domain;
+pub mod liveness;
 pub mod outbox;
 pub mod retry;
 pub mod startup;

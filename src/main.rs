@@ -67,6 +67,7 @@ async fn migrate(database_url: &str) -> anyhow::Result<()> {
         acquire_timeout: std::time::Duration::from_secs(10),
         lock_timeout: std::time::Duration::from_secs(60),
         statement_timeout: std::time::Duration::ZERO,
+        session: store::SessionSettings::default(),
     };
     let pool = store::connect(database_url, settings).await?;
     store::migrate(&pool).await?;

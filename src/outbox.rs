@@ -16,8 +16,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, Outgoing, PERSISTENT, PublishError};
-use crate::store::StoreError;
+use crate::liveness::Heartbeat;
 use crate::store::outbox::{self, Pending};
+use crate::store::{CallLimit, StoreError};
 
 /// Rows published per transaction.
 const BATCH: i64 = 500;
@@ -43,11 +44,25 @@ impl From<sqlx::Error> for RelayError {
     }
 }
 
-/// Runs the relay until `shutdown`; the batch in flight finishes first.
-pub async fn run(pool: PgPool, broker: Broker, wakeup: Arc<Notify>, shutdown: CancellationToken) {
+/// Runs the relay until `shutdown`; the batch in flight finishes first. Each batch is
+/// bounded by `call_limit` (a batch past it is dropped, its rows stay unpublished and are
+/// taken again) and marked on `heartbeat`.
+pub async fn run(
+    pool: PgPool,
+    broker: Broker,
+    wakeup: Arc<Notify>,
+    call_limit: CallLimit,
+    heartbeat: Arc<Heartbeat>,
+    shutdown: CancellationToken,
+) {
     let mut failing = false;
     loop {
-        let pause = match relay_batch(&pool, &broker).await {
+        let busy = heartbeat.busy();
+        let batch = call_limit
+            .run("relay_batch", relay_batch(&pool, &broker))
+            .await;
+        drop(busy);
+        let pause = match batch {
             Ok(published) if published as i64 == BATCH => continue,
             Ok(_) => {
                 if failing {

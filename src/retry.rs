@@ -14,6 +14,7 @@ use sqlx::PgPool;
 use crate::alert::{Alert, Alerter};
 use crate::broker::headers::{self, FIRST_FAILED_AT, LAST_ERROR, RETRY_COUNT};
 use crate::broker::{Broker, Outgoing, PERSISTENT};
+use crate::store::CallLimit;
 use crate::store::failed::{self, NewFailure};
 
 /// Pause before a delivery with no reachable home is handed back to the broker.
@@ -40,6 +41,9 @@ pub struct Router {
     pub broker: Broker,
     /// Tells an operator about final failures.
     pub alerter: Alerter,
+    /// Bounds the failed-message insert, so a hung connection parks the message instead
+    /// of holding it (and its batch) forever.
+    pub call_limit: CallLimit,
 }
 
 impl Router {
@@ -171,7 +175,8 @@ impl Router {
             attempts: attempts as i32,
             first_failed_at,
         };
-        match failed::insert(&self.pool, &failure).await {
+        let storing = failed::insert(&self.pool, &failure);
+        match self.call_limit.run("failed_insert", storing).await {
             Ok(id) => {
                 metrics::counter!("order_timeout_failed_messages_total", "class" => class)
                     .increment(1);

@@ -16,10 +16,12 @@ use crate::api::{self, AppState};
 use crate::broker::{self, Broker, Topology};
 use crate::config::Config;
 use crate::domain::EntityKind;
+use crate::liveness::{Liveness, Loop};
 use crate::retry::Router;
-use crate::store::{self, PoolSettings};
+use crate::store::{self, CallLimit};
+use crate::sweeper::Sweeper;
 use crate::timeouts::DueConsumer;
-use crate::{outbox, sweeper, telemetry};
+use crate::{outbox, telemetry};
 
 /// A built, not yet running service: listening socket bound, database migrated.
 pub struct Application {
@@ -40,13 +42,7 @@ impl Application {
     /// prepares the broker handle. The broker is reached only once running, so a broker
     /// outage never prevents the service from starting.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let settings = PoolSettings {
-            max_connections: config.database_pool_size,
-            acquire_timeout: config.database_acquire_timeout,
-            lock_timeout: config.database_lock_timeout,
-            statement_timeout: config.database_statement_timeout,
-        };
-        let pool = store::connect(&config.database_url, settings)
+        let pool = store::connect(&config.database_url, config.pool_settings())
             .await
             .context("connecting to PostgreSQL")?;
         store::migrate(&pool)
@@ -106,6 +102,8 @@ impl Application {
         ));
         let workers = TaskTracker::new();
         let relay_wakeup = Arc::new(Notify::new());
+        let liveness = Liveness::new(config.liveness_timeout);
+        let call_limit = CallLimit(config.database_call_timeout);
         let alerter = Alerter::start(config.alert_webhook_url.clone(), broker_stop.clone());
         let state = AppState {
             pool: pool.clone(),
@@ -113,6 +111,7 @@ impl Application {
             config: config.clone(),
             relay_wakeup: relay_wakeup.clone(),
             metrics: telemetry::metrics_handle(),
+            liveness: liveness.clone(),
         };
         let server = axum::serve(listener, api::router(state))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
@@ -128,23 +127,30 @@ impl Application {
                 pool: pool.clone(),
                 broker: broker.clone(),
                 alerter,
+                call_limit,
             }),
             concurrency: usize::from(config.consumer_concurrency),
             prefetch: config.prefetch,
             relay_wakeup: relay_wakeup.clone(),
+            call_limit,
+            heartbeat: liveness.of(Loop::Consumer),
         };
         workers.spawn(consumer.run(shutdown.clone()));
-        workers.spawn(sweeper::run(
-            pool.clone(),
-            config.sweep_interval,
-            config.sweep_grace,
-            relay_wakeup.clone(),
-            shutdown.clone(),
-        ));
+        let sweeper = Sweeper {
+            pool: pool.clone(),
+            interval: config.sweep_interval,
+            grace: config.sweep_grace,
+            relay_wakeup: relay_wakeup.clone(),
+            call_limit,
+            heartbeat: liveness.of(Loop::Sweeper),
+        };
+        workers.spawn(sweeper.run(shutdown.clone()));
         workers.spawn(outbox::run(
             pool.clone(),
             broker.clone(),
             relay_wakeup,
+            call_limit,
+            liveness.of(Loop::Relay),
             shutdown.clone(),
         ));
         workers.close();

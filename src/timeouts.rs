@@ -24,9 +24,10 @@ use uuid::Uuid;
 
 use crate::broker::{Broker, Session};
 use crate::domain::{EntityKind, TimerMessage};
+use crate::liveness::Heartbeat;
 use crate::retry::{Disposition, Router};
-use crate::store::StoreError;
 use crate::store::sweep::{self, Fate};
+use crate::store::{CallLimit, StoreError};
 
 use self::acks::AckLedger;
 
@@ -45,6 +46,10 @@ pub struct DueConsumer {
     pub prefetch: u16,
     /// Wakes the outbox relay once cancels have put their events in the outbox.
     pub relay_wakeup: Arc<Notify>,
+    /// Bounds each batch's cancel, so a hung connection cannot hold a batch forever.
+    pub call_limit: CallLimit,
+    /// Marks batches in flight, so a wedged consumer is noticed (`/healthz`).
+    pub heartbeat: Arc<Heartbeat>,
 }
 
 impl DueConsumer {
@@ -76,6 +81,7 @@ impl DueConsumer {
         session: &Session,
         shutdown: &CancellationToken,
     ) -> Result<(), lapin::Error> {
+        let starting = self.heartbeat.busy();
         let channel = session.connection.create_channel().await?;
         channel
             .basic_qos(self.prefetch, BasicQosOptions::default())
@@ -89,6 +95,7 @@ impl DueConsumer {
                 FieldTable::default(),
             )
             .await?;
+        drop(starting);
         tracing::info!(queue = %self.broker.topology().due_queue, prefetch = self.prefetch, "due consumer started");
         // A batch takes at most its share of the prefetch window, so while one batch
         // waits for its commit the others are already being handled (their commits share
@@ -103,6 +110,7 @@ impl DueConsumer {
                 ledger.received(batch.iter().filter_map(|result| result.as_ref().ok()))
             })
             .for_each_concurrent(self.concurrency, |batch| async move {
+                let _busy = self.heartbeat.busy();
                 let deliveries: Vec<Delivery> = batch
                     .into_iter()
                     .filter_map(|result| {
@@ -144,7 +152,8 @@ impl DueConsumer {
         let mut done = Vec::new();
         for (kind, batch) in by_kind {
             let ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
-            match sweep::cancel_due(&self.pool, kind, &ids).await {
+            let cancelling = sweep::cancel_due(&self.pool, kind, &ids);
+            match self.call_limit.run("cancel_due", cancelling).await {
                 Ok(fates) => {
                     if fates.values().any(|fate| *fate == Fate::Cancelled) {
                         self.relay_wakeup.notify_one();

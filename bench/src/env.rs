@@ -78,6 +78,7 @@ impl BenchEnv {
             acquire_timeout: Duration::from_secs(30),
             lock_timeout: Duration::from_secs(30),
             statement_timeout: Duration::from_secs(600),
+            session: store::SessionSettings::default(),
         };
         let log_path = args.out.join("service.log");
         std::fs::File::create(&log_path)

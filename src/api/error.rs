@@ -121,6 +121,10 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = ?cause, "database error");
                 ApiError::Internal
             }
+            StoreError::TimedOut(limit) => {
+                tracing::warn!(?limit, "database did not answer in time");
+                ApiError::DatabaseUnavailable
+            }
         }
     }
 }

@@ -26,8 +26,23 @@ pub fn router() -> Router<AppState> {
         .route("/openapi.yaml", get(openapi))
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+/// 200 while every background loop makes progress; 503 naming the loops that have been
+/// busy without finishing anything for longer than LIVENESS_TIMEOUT, so an orchestrator
+/// restarts a wedged process.
+async fn healthz(State(state): State<AppState>) -> Response {
+    let stuck = state.liveness.stuck();
+    if stuck.is_empty() {
+        return Json(json!({"status": "ok"})).into_response();
+    }
+    let names: Vec<&str> = stuck.iter().map(|(which, _)| which.as_str()).collect();
+    let loops: serde_json::Map<String, serde_json::Value> = stuck
+        .iter()
+        .map(|(which, stalled)| (which.as_str().to_owned(), json!(stalled.as_secs())))
+        .collect();
+    let message = format!("stuck: {}", names.join(", "));
+    tracing::error!(loops = %names.join(","), "liveness check failed");
+    let body = json!({"error": {"code": "stuck", "message": message}, "stalled_seconds": loops});
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
 /// 200 when both dependencies answer; 503 naming the one that does not.
@@ -69,6 +84,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     } else {
         0.0
     });
+    state.liveness.export();
     let body = state.metrics.render();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

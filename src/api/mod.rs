@@ -44,6 +44,8 @@ pub struct AppState {
     pub relay_wakeup: Arc<Notify>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// Whether the background loops make progress, for `/healthz` and `/metrics`.
+    pub liveness: crate::liveness::Liveness,
 }
 
 /// The whole API.

@@ -30,6 +30,10 @@ pub enum StoreError {
     /// Anything else: a bug or a broken invariant, never caused by request input.
     #[error("database error: {0}")]
     Other(#[source] sqlx::Error),
+    /// The call did not finish within its client-side limit (a hung or black-holed
+    /// connection, an overloaded server); worth retrying on another connection.
+    #[error("database call did not finish within {0:?}")]
+    TimedOut(std::time::Duration),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -45,7 +49,7 @@ impl StoreError {
     /// Whether trying again later can succeed.
     pub fn class(&self) -> ErrorClass {
         match self {
-            StoreError::Unavailable(_) => ErrorClass::Transient,
+            StoreError::Unavailable(_) | StoreError::TimedOut(_) => ErrorClass::Transient,
             StoreError::Other(_) => ErrorClass::Permanent,
         }
     }

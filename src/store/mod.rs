@@ -7,7 +7,9 @@ pub mod entities;
 pub mod error;
 pub mod failed;
 pub mod idempotency;
+pub mod limit;
 pub mod outbox;
+pub mod session;
 pub mod sweep;
 
 use std::str::FromStr;
@@ -17,6 +19,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
 pub use error::{ErrorClass, StoreError};
+pub use limit::CallLimit;
+pub use session::SessionSettings;
 
 /// The migrations of `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -33,6 +37,9 @@ pub struct PoolSettings {
     pub lock_timeout: Duration,
     /// Longest any statement may run, so a stuck query cannot hold a handler forever.
     pub statement_timeout: Duration,
+    /// What bounds a client that vanished without closing its socket (session settings
+    /// and the release check).
+    pub session: SessionSettings,
 }
 
 /// Parses the URL, creates the database if it does not exist yet, and opens a lazy pool.
@@ -40,22 +47,24 @@ pub struct PoolSettings {
 /// The pool is lazy so the service starts (and answers `/healthz`) while PostgreSQL is
 /// still coming up; the first query reports the outage as `StoreError::Unavailable`.
 pub async fn connect(url: &str, settings: PoolSettings) -> Result<PgPool, StoreError> {
+    let ms = |duration: Duration| format!("{}ms", duration.as_millis());
     let options = PgConnectOptions::from_str(url)?
         .application_name("order-timeout")
         .options([
-            (
-                "lock_timeout",
-                format!("{}ms", settings.lock_timeout.as_millis()),
-            ),
-            (
-                "statement_timeout",
-                format!("{}ms", settings.statement_timeout.as_millis()),
-            ),
-        ]);
+            ("lock_timeout", ms(settings.lock_timeout)),
+            ("statement_timeout", ms(settings.statement_timeout)),
+        ])
+        .options(settings.session.startup_options());
     create_database_if_missing(&options).await?;
+    let session = settings.session;
     let pool = PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)
+        .after_connect(move |conn, _| Box::pin(session.after_connect(conn)))
+        // sqlx's own checks ping without a time limit: bounded ones replace them.
+        .test_before_acquire(false)
+        .before_acquire(|conn, _| Box::pin(SessionSettings::check(conn)))
+        .after_release(|conn, _| Box::pin(SessionSettings::check(conn)))
         .connect_lazy_with(options);
     Ok(pool)
 }

@@ -91,14 +91,23 @@ async fn cancel_due_of<T: Entity>(
     Ok(fates)
 }
 
+/// What one sweep batch cancelled.
+#[derive(Debug, Default)]
+pub struct Swept {
+    /// The entities cancelled.
+    pub ids: Vec<Uuid>,
+    /// How many milliseconds past its deadline the latest of them was (database time).
+    pub max_lateness_ms: i64,
+}
+
 /// Cancels up to `limit` pending entities of `kind` overdue by more than `grace`: the
-/// backstop for timers the broker lost or delivers late. Returns their ids.
+/// backstop for timers the broker lost or delivers late.
 pub async fn sweep_overdue(
     pool: &PgPool,
     kind: EntityKind,
     grace: Duration,
     limit: i64,
-) -> Result<Vec<Uuid>, StoreError> {
+) -> Result<Swept, StoreError> {
     match kind {
         EntityKind::Order => sweep_overdue_of::<Order>(pool, grace, limit).await,
         EntityKind::Waybill => sweep_overdue_of::<Waybill>(pool, grace, limit).await,
@@ -109,7 +118,7 @@ async fn sweep_overdue_of<T: Entity>(
     pool: &PgPool,
     grace: Duration,
     limit: i64,
-) -> Result<Vec<Uuid>, StoreError> {
+) -> Result<Swept, StoreError> {
     let update = format!(
         "update {table} t set status = 'cancelled', cancelled_at = now(), cancel_reason = $2
          from (select id from {table}
@@ -118,11 +127,16 @@ async fn sweep_overdue_of<T: Entity>(
          where t.id = overdue.id returning t.*",
         table = T::TABLE
     );
-    let sql = outbox::with_outbox(T::KIND, &update, T::KIND.cancelled_event(), None, "id");
-    Ok(sqlx::query_scalar(AssertSqlSafe(sql))
+    let lateness = "id, (extract(epoch from (cancelled_at - expires_at)) * 1000)::bigint";
+    let sql = outbox::with_outbox(T::KIND, &update, T::KIND.cancelled_event(), None, lateness);
+    let rows: Vec<(Uuid, i64)> = sqlx::query_as(AssertSqlSafe(sql))
         .bind(grace.as_millis() as i64)
         .bind(T::KIND.timeout_reason())
         .bind(limit)
         .fetch_all(pool)
-        .await?)
+        .await?;
+    Ok(Swept {
+        max_lateness_ms: rows.iter().map(|(_, ms)| *ms).max().unwrap_or(0),
+        ids: rows.into_iter().map(|(id, _)| id).collect(),
+    })
 }

@@ -7,6 +7,7 @@ mod proxy;
 mod chaos;
 mod console;
 mod deadlines;
+mod dirty_db;
 mod failures;
 mod http_contract;
 mod openapi;

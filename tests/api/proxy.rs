@@ -1,5 +1,6 @@
 //! A fault-injecting TCP proxy for tests: the service reaches PostgreSQL or RabbitMQ
-//! through it, and the test cuts every connection, refuses new ones, or adds latency.
+//! through it, and the test cuts every connection, refuses new ones, adds latency, or
+//! black-holes the connections it already has.
 //! (No maintained Rust crate does this in-process; toxiproxy needs its own server.)
 
 use std::net::SocketAddr;
@@ -16,7 +17,17 @@ struct Faults {
     refusing: AtomicBool,
     stalled: AtomicBool,
     latency_ms: AtomicU64,
+    /// Number given to the next accepted connection.
+    next_connection: AtomicU64,
+    /// Connections numbered below this are black-holed.
+    black_holed_below: AtomicU64,
     connections: Mutex<Vec<AbortHandle>>,
+}
+
+impl Faults {
+    fn black_holed(&self, connection: u64) -> bool {
+        connection < self.black_holed_below.load(Ordering::SeqCst)
+    }
 }
 
 /// A running proxy; dropping it closes everything.
@@ -37,6 +48,8 @@ impl FaultProxy {
             refusing: AtomicBool::new(false),
             stalled: AtomicBool::new(false),
             latency_ms: AtomicU64::new(0),
+            next_connection: AtomicU64::new(0),
+            black_holed_below: AtomicU64::new(0),
             connections: Mutex::new(Vec::new()),
         });
         let acceptor = tokio::spawn(accept(listener, faults.clone())).abort_handle();
@@ -82,6 +95,16 @@ impl FaultProxy {
         self.faults.stalled.store(on, Ordering::SeqCst);
     }
 
+    /// Like a primary failover or a dead NAT entry: the connections open now stop
+    /// forwarding in both directions for good, and are never closed (nothing, not even a
+    /// close by the server, reaches the other side), while new connections work. Note
+    /// that the proxy's own sockets still acknowledge at the TCP level, so TCP keepalives
+    /// cannot notice it; only timeouts above TCP can.
+    pub fn black_hole_existing(&self) {
+        let next = self.faults.next_connection.load(Ordering::SeqCst);
+        self.faults.black_holed_below.store(next, Ordering::SeqCst);
+    }
+
     /// Delays every chunk forwarded in either direction.
     pub fn set_latency(&self, latency: Duration) {
         self.faults
@@ -106,14 +129,15 @@ async fn accept(listener: TcpListener, faults: Arc<Faults>) {
             drop(client);
             continue;
         }
-        let task = tokio::spawn(forward(client, faults.clone()));
+        let number = faults.next_connection.fetch_add(1, Ordering::SeqCst);
+        let task = tokio::spawn(forward(client, number, faults.clone()));
         let mut connections = faults.connections.lock().expect("lock");
         connections.retain(|c| !c.is_finished());
         connections.push(task.abort_handle());
     }
 }
 
-async fn forward(client: TcpStream, faults: Arc<Faults>) {
+async fn forward(client: TcpStream, number: u64, faults: Arc<Faults>) {
     let Ok(server) = TcpStream::connect(faults.upstream).await else {
         return;
     };
@@ -122,19 +146,26 @@ async fn forward(client: TcpStream, faults: Arc<Faults>) {
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
     tokio::select! {
-        _ = pump(client_read, server_write, &faults) => {}
-        _ = pump(server_read, client_write, &faults) => {}
+        _ = pump(client_read, server_write, number, &faults) => {}
+        _ = pump(server_read, client_write, number, &faults) => {}
     }
 }
 
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
+    number: u64,
     faults: &Faults,
 ) {
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
-        let n = match from.read(&mut buffer).await {
+        let read = from.read(&mut buffer).await;
+        if faults.black_holed(number) {
+            // Swallow this and everything after it, an end of stream included; the
+            // sockets stay open until the proxy is dropped.
+            std::future::pending::<()>().await;
+        }
+        let n = match read {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
