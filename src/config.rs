@@ -19,10 +19,13 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// RabbitMQ holding the timers.
+    /// RabbitMQ holding the timers: one URL, or the nodes of a cluster as a
+    /// comma-separated list (tried in turn from a random one; any node that answers is used).
+    /// Checked when the service starts, so a bad entry is named by position, not echoed.
     #[arg(
         long,
         env = "AMQP_URL",
+        hide_env_values = true,
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     pub amqp_url: String,

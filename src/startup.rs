@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::alert::Alerter;
 use crate::api::{self, AppState};
-use crate::broker::{self, Broker, Topology};
+use crate::broker::{self, Broker, Endpoints, Topology};
 use crate::config::Config;
 use crate::domain::EntityKind;
 use crate::liveness::{Liveness, Loop};
@@ -33,6 +33,8 @@ pub struct Application {
     pool: PgPool,
     /// The broker handle (connected by the supervisor once running).
     broker: Broker,
+    /// The broker nodes of `AMQP_URL`, parsed (and so checked) before anything starts.
+    endpoints: Endpoints,
     /// Cancelled to stop the service.
     shutdown: CancellationToken,
 }
@@ -42,6 +44,7 @@ impl Application {
     /// prepares the broker handle. The broker is reached only once running, so a broker
     /// outage never prevents the service from starting.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let endpoints = Endpoints::parse(&config.amqp_url)?;
         let pool = store::connect(&config.database_url, config.pool_settings())
             .await
             .context("connecting to PostgreSQL")?;
@@ -57,6 +60,7 @@ impl Application {
             listener,
             pool,
             broker,
+            endpoints,
             shutdown: CancellationToken::new(),
         })
     }
@@ -91,12 +95,13 @@ impl Application {
             listener,
             pool,
             broker,
+            endpoints,
             shutdown,
         } = self;
         let broker_stop = CancellationToken::new();
         let mut supervisor = tokio::spawn(broker::supervise(
             broker.clone(),
-            config.amqp_url.clone(),
+            endpoints,
             config.reconnect_max,
             broker_stop.clone(),
         ));

@@ -130,6 +130,8 @@ struct FailedSummary {
 struct BrokerView {
     /// `up`, or `reconnecting` while the supervisor has no connection.
     status: &'static str,
+    /// The node in use (`host:port/vhost`, never a password); null while reconnecting.
+    node: Option<String>,
     /// Every queue of the topology, in `Topology::all_queues` order.
     queues: Vec<QueueView>,
 }
@@ -228,23 +230,27 @@ async fn read_broker(state: &AppState) -> BrokerView {
             .map(|(name, role)| QueueView::unknown(name, role, error))
             .collect()
     };
-    if !state.broker.is_connected() {
+    let Some(node) = state.broker.node() else {
         return BrokerView {
             status: "reconnecting",
+            node: None,
             queues: unknown("not connected"),
         };
-    }
+    };
     match tokio::time::timeout(BROKER_READ_TIMEOUT, depths(state, &labelled)).await {
         Ok(Some(queues)) => BrokerView {
             status: "up",
+            node: Some(node),
             queues,
         },
         Ok(None) => BrokerView {
             status: "reconnecting",
+            node: None,
             queues: unknown("not connected"),
         },
         Err(_) => BrokerView {
             status: "up",
+            node: Some(node),
             queues: unknown("timed out"),
         },
     }

@@ -45,18 +45,17 @@ async fn healthz(State(state): State<AppState>) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
-/// 200 when both dependencies answer; 503 naming the one that does not.
+/// 200 when both dependencies answer; 503 naming the one that does not. While
+/// connected, `broker_node` names the node in use (`host:port/vhost`, no credentials).
 async fn readyz(State(state): State<AppState>) -> Response {
     let database = database_up(&state).await;
-    let broker = state.broker.is_connected();
+    let node = state.broker.node();
+    let broker = node.is_some();
     let word = |up: bool| if up { "up" } else { "down" };
     let checks = json!({"database": word(database), "broker": word(broker)});
     if database && broker {
-        return (
-            StatusCode::OK,
-            Json(json!({"status": "ready", "checks": checks})),
-        )
-            .into_response();
+        let body = json!({"status": "ready", "checks": checks, "broker_node": node});
+        return (StatusCode::OK, Json(body)).into_response();
     }
     let down: Vec<&str> = [("database", database), ("broker", broker)]
         .iter()
@@ -64,7 +63,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
         .map(|(n, _)| *n)
         .collect();
     let message = format!("unavailable: {}", down.join(", "));
-    let body = json!({"error": {"code": "not_ready", "message": message}, "checks": checks});
+    let mut body = json!({"error": {"code": "not_ready", "message": message}, "checks": checks});
+    if let Some(node) = node {
+        body["broker_node"] = json!(node);
+    }
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 

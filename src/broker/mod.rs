@@ -2,6 +2,8 @@
 //! confirms and header conversion. The rest of the service sees `Broker::publish` and a
 //! way to follow the current session; lapin stays inside this module and the consumer.
 
+mod backoff;
+mod endpoints;
 pub mod headers;
 mod supervisor;
 pub mod topology;
@@ -14,6 +16,7 @@ use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::watch;
 
+pub use endpoints::{EndpointError, Endpoints};
 pub use supervisor::{SupervisorError, supervise};
 pub use topology::{QueueType, Topology};
 
@@ -26,6 +29,8 @@ pub struct Session {
     publisher: Channel,
     /// Cache buckets declared on this connection, so each is declared once.
     declared_buckets: Arc<Mutex<HashSet<String>>>,
+    /// The node connected to, `host:port/vhost`: named by `/readyz`, the console, logs.
+    node: Arc<str>,
 }
 
 /// Cheap handle to the broker, shared by the relay, the consumer, the admin API.
@@ -105,6 +110,15 @@ impl Broker {
             .borrow()
             .as_ref()
             .is_some_and(|s| s.connection.status().connected())
+    }
+
+    /// The node in use (`host:port/vhost`, never a password), `None` while disconnected.
+    pub fn node(&self) -> Option<String> {
+        self.session
+            .borrow()
+            .as_ref()
+            .filter(|s| s.connection.status().connected())
+            .map(|s| s.node.to_string())
     }
 
     fn current(&self) -> Result<Session, PublishError> {

@@ -1,26 +1,25 @@
 //! Owns the AMQP connection: connects, declares the topology, hands out sessions, notices
-//! a loss at once, and reconnects with capped exponential backoff and jitter. lapin does
-//! not reconnect on its own; this task does, for every user of the broker.
+//! a loss at once, and reconnects to any node of `AMQP_URL` that answers, with capped
+//! exponential backoff and jitter between rounds (see `backoff`). lapin does not
+//! reconnect on its own; this task does, for every user of the broker.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection, ConnectionProperties, Event};
 use tokio_util::sync::CancellationToken;
 
+use super::backoff::ReconnectBackoff;
+use super::endpoints::{Endpoint, Endpoints};
 use super::{Broker, Session};
 
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the supervisor checks the connection and the publishing channel.
 const HEALTH_CHECK: Duration = Duration::from_millis(250);
-/// Shortest and longest pause between two connection attempts (jitter included).
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Why the supervisor stopped trying.
 #[derive(Debug, thiserror::Error)]
@@ -32,44 +31,51 @@ pub enum SupervisorError {
 
 /// Keeps a session alive until `shutdown`; returns an error only when `reconnect_max`
 /// (non-zero) passes without a connection.
+///
+/// Each round tries every node of `endpoints` once, starting after the node last used
+/// (the first round at a random node, so instances spread over a cluster), and takes
+/// the first that answers; a round in which none answers is followed by a backoff pause.
 pub async fn supervise(
     broker: Broker,
-    url: String,
+    endpoints: Endpoints,
     reconnect_max: Duration,
     shutdown: CancellationToken,
 ) -> Result<(), SupervisorError> {
     let mut down_since = Instant::now();
-    let mut backoff = new_backoff();
+    let mut backoff = ReconnectBackoff::default();
     let mut reported_down = false;
+    let mut cursor = random_offset(endpoints.len());
+    tracing::info!(nodes = ?endpoints.names(), first = %endpoints.get(cursor).name(), "broker nodes");
     while !shutdown.is_cancelled() {
-        match connect(&broker, &url).await {
+        match connect_round(&broker, &endpoints, &mut cursor).await {
             Ok(session) => {
-                tracing::info!(prefix = %broker.topology.prefix, "broker connected, topology declared");
+                tracing::info!(node = %session.node, prefix = %broker.topology.prefix, "broker connected, topology declared");
                 reported_down = false;
-                backoff = new_backoff();
-                let cause = watch_session(&broker, session, &shutdown).await;
+                backoff.connected(Instant::now());
+                let cause = watch_session(&broker, session.clone(), &shutdown).await;
                 broker.session.send_replace(None);
+                backoff.lost(Instant::now());
                 if shutdown.is_cancelled() {
                     break;
                 }
-                tracing::warn!(error = %cause, "broker connection lost, reconnecting");
+                tracing::warn!(node = %session.node, error = %cause, "broker connection lost, reconnecting");
                 down_since = Instant::now();
             }
             Err(error) => {
                 if !reported_down {
-                    tracing::warn!(%error, "broker unreachable, retrying with backoff");
+                    tracing::warn!(%error, "no broker node reachable, retrying with backoff");
                     reported_down = true;
                 } else {
                     tracing::debug!(%error, "broker still unreachable");
                 }
                 if !reconnect_max.is_zero() && down_since.elapsed() >= reconnect_max {
-                    return Err(SupervisorError::GaveUp(reconnect_max, error.to_string()));
+                    return Err(SupervisorError::GaveUp(reconnect_max, error));
                 }
             }
         }
-        // Jitter adds up to the delay itself, so cap after it; and never sleep past
-        // RECONNECT_MAX, so giving up happens when configured, not a long backoff later.
-        let mut pause = backoff.next().unwrap_or(MAX_BACKOFF).min(MAX_BACKOFF);
+        // Never sleep past RECONNECT_MAX, so giving up happens when configured, not a
+        // long backoff later.
+        let mut pause = backoff.next_pause();
         if !reconnect_max.is_zero() {
             pause = pause.min(reconnect_max.saturating_sub(down_since.elapsed()));
         }
@@ -81,17 +87,36 @@ pub async fn supervise(
     Ok(())
 }
 
-fn new_backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(MIN_BACKOFF)
-        .with_max_delay(MAX_BACKOFF)
-        .with_jitter()
-        .without_max_times()
-        .build()
+/// A per-instance starting point in the list, so instances spread over the nodes.
+fn random_offset(nodes: usize) -> usize {
+    (uuid::Uuid::new_v4().as_u128() % nodes.max(1) as u128) as usize
 }
 
-async fn connect(broker: &Broker, url: &str) -> Result<Session, lapin::Error> {
-    let connecting = Connection::connect(url, ConnectionProperties::default());
+/// Tries each node once, from `cursor` on; leaves `cursor` at the node after the one
+/// that answered (the next round, after a loss, starts elsewhere). Errors name every
+/// node with its error, never a password.
+async fn connect_round(
+    broker: &Broker,
+    endpoints: &Endpoints,
+    cursor: &mut usize,
+) -> Result<Session, String> {
+    let mut errors = Vec::with_capacity(endpoints.len());
+    for _ in 0..endpoints.len() {
+        let endpoint = endpoints.get(*cursor);
+        *cursor = (*cursor + 1) % endpoints.len();
+        match connect(broker, endpoint).await {
+            Ok(session) => return Ok(session),
+            Err(error) => {
+                tracing::debug!(node = %endpoint.name(), %error, "broker node did not answer");
+                errors.push(format!("{}: {error}", endpoint.name()));
+            }
+        }
+    }
+    Err(errors.join("; "))
+}
+
+async fn connect(broker: &Broker, endpoint: &Endpoint) -> Result<Session, lapin::Error> {
+    let connecting = Connection::connect_uri(endpoint.uri(), ConnectionProperties::default());
     let connection = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(result) => result?,
         Err(_) => {
@@ -107,6 +132,7 @@ async fn connect(broker: &Broker, url: &str) -> Result<Session, lapin::Error> {
         connection: Arc::new(connection),
         publisher,
         declared_buckets: Arc::new(Mutex::new(HashSet::new())),
+        node: Arc::from(endpoint.name()),
     };
     broker.session.send_replace(Some(session.clone()));
     Ok(session)

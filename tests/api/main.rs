@@ -4,6 +4,7 @@
 mod helpers;
 mod proxy;
 
+mod broker_nodes;
 mod chaos;
 mod console;
 mod deadlines;

@@ -210,6 +210,7 @@
     const badge = $('broker-status');
     badge.textContent = `broker: ${data.broker.status}`;
     badge.className = `badge ${up ? 'ok' : 'warn'}`;
+    setText('broker-node', data.broker.node ? `node ${data.broker.node}` : 'no node reachable');
     setText('db-time', `database time ${when(data.database_time)}`);
     setText('refresh-state', `refreshed every ${REFRESH_MS / 1000} s`);
     renderCounts('orders-counts', 'order', data.orders, ['pending', 'paid', 'cancelled']);
