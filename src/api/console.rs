@@ -32,6 +32,7 @@ use crate::domain::{Order, Waybill};
 use crate::store::console::{
     self as queries, Deadline, FailedCount, FailedRef, Lateness, OutboxBacklog, OutboxEntry, Table,
 };
+use crate::store::deadlines::{self, HistoryEntry};
 use crate::store::entities;
 
 /// The page and its assets, compiled in: no build step, no CDN, works offline.
@@ -343,6 +344,8 @@ struct Lookup {
     outbox: Vec<OutboxEntry>,
     /// Failed messages that carried its timer, newest first.
     failed_messages: Vec<FailedRef>,
+    /// Its deadline's history: created, extended, reminded (oldest first).
+    deadline_history: Vec<HistoryEntry>,
 }
 
 async fn lookup(
@@ -350,13 +353,16 @@ async fn lookup(
     EntityId(id): EntityId,
 ) -> Result<Json<Lookup>, ApiError> {
     let pool = &state.pool;
-    let (kind, table, entity) = if let Some(order) = entities::get::<Order>(pool, id).await? {
-        ("order", Table::Orders, to_value(&order)?)
-    } else if let Some(waybill) = entities::get::<Waybill>(pool, id).await? {
-        ("waybill", Table::Waybills, to_value(&waybill)?)
-    } else {
-        return Err(ApiError::NotFound("no order or waybill has this id"));
-    };
+    let (kind, table, entity, deadline_history) =
+        if let Some(order) = entities::get::<Order>(pool, id).await? {
+            let history = deadlines::history::<Order>(pool, id).await?;
+            ("order", Table::Orders, to_value(&order)?, history)
+        } else if let Some(waybill) = entities::get::<Waybill>(pool, id).await? {
+            let history = deadlines::history::<Waybill>(pool, id).await?;
+            ("waybill", Table::Waybills, to_value(&waybill)?, history)
+        } else {
+            return Err(ApiError::NotFound("no order or waybill has this id"));
+        };
     let deadline = queries::deadline_state(pool, table, id)
         .await?
         .ok_or(ApiError::NotFound("no order or waybill has this id"))?;
@@ -368,6 +374,7 @@ async fn lookup(
         database_time: queries::now(pool).await?,
         outbox: queries::outbox_history(pool, id).await?,
         failed_messages: queries::failed_of(pool, id).await?,
+        deadline_history,
     }))
 }
 

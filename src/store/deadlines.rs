@@ -196,3 +196,43 @@ async fn bulk_extend_of<T: Entity>(
         }
     }
 }
+
+/// One step in the life of an entity's deadline, for the console's lookup.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct HistoryEntry {
+    /// `created`, `extended` or `reminded`.
+    pub event: String,
+    /// When it happened, database time.
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// The deadline before an extension; null otherwise.
+    pub old_expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The deadline set (created, extended) or reminded of.
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+    /// `api` (one entity), `bulk` (the admin's bulk extension) or `timer` (a reminder).
+    pub source: String,
+}
+
+/// The history of an entity's deadline, oldest first: its creation with the first
+/// deadline it had, then every extension and reminder. Empty when no entity has `id`.
+pub async fn history<T: Entity>(pool: &PgPool, id: Uuid) -> Result<Vec<HistoryEntry>, StoreError> {
+    let sql = format!(
+        "select event, at, old_expires_at, expires_at, source from (
+             select 0 as step, 'created' as event, e.created_at as at,
+                    null::timestamptz as old_expires_at,
+                    coalesce((select h.old_expires_at from deadline_history h
+                              where h.entity_id = e.id and h.event = 'extended'
+                              order by h.id limit 1), e.expires_at) as expires_at,
+                    'api' as source
+             from {table} e where e.id = $1
+             union all
+             select id, event, at, old_expires_at, expires_at, source
+             from deadline_history where entity_id = $1 and kind = $2
+         ) steps order by step",
+        table = T::TABLE
+    );
+    Ok(sqlx::query_as(AssertSqlSafe(sql))
+        .bind(id)
+        .bind(T::KIND.as_str())
+        .fetch_all(pool)
+        .await?)
+}

@@ -362,6 +362,11 @@ async fn lookup_shows_an_entity_its_deadline_its_timer_and_its_events() {
     );
     assert_eq!(rows[0]["due_at"], as_api["expires_at"]);
     assert_eq!(found["failed_messages"], json!([]));
+    assert_eq!(
+        found["deadline_history"],
+        json!([{"event": "created", "at": as_api["created_at"], "old_expires_at": null,
+                "expires_at": as_api["expires_at"], "source": "api"}])
+    );
 
     let waybill = id_of(&app.create_waybill().await);
     app.wait_for_order_status(&order, "paid", WITHIN).await;
@@ -747,6 +752,7 @@ async fn drive(page: &Page, app: &TestApp, scene: &Scene) {
     requeue_all_names_the_count_and_discard_keeps_the_row(page).await;
     parking_replays_after_a_confirmation_naming_the_count(page, app).await;
     lookup_tells_what_happened(page, scene).await;
+    bulk_extension_counts_first_then_extends_and_the_lookup_shows_it(page, app, scene).await;
     save_screenshot(page).await;
     paging_follows_the_next_cursor(page, app).await;
     assert_eq!(
@@ -1102,6 +1108,91 @@ async fn lookup_tells_what_happened(page: &Page, scene: &Scene) {
             && timeline.contains("after the deadline"),
         "{timeline}"
     );
+}
+
+async fn order_deadline(app: &TestApp, id: &str) -> chrono::DateTime<chrono::Utc> {
+    sqlx::query_scalar("select expires_at from orders where id = $1")
+        .bind(Uuid::parse_str(id).unwrap())
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+async fn bulk_extension_counts_first_then_extends_and_the_lookup_shows_it(
+    page: &Page,
+    app: &TestApp,
+    scene: &Scene,
+) {
+    let before = order_deadline(app, &scene.pending).await;
+    assert!(
+        page.script(
+            "return document.querySelector('#extend-run').disabled;",
+            vec![]
+        )
+        .await
+            == json!(true),
+        "extending is possible only after a count"
+    );
+    page.type_into("#extend-seconds", "120").await;
+    page.type_into("#extend-customer", "nobody").await;
+    page.click("#extend-count").await;
+    page.wait_text(
+        "#extend-result",
+        "the dry run of a filter matching nothing",
+        |t| t == "0 pending orders match; nothing changed yet (dry run).",
+    )
+    .await;
+    page.type_into("#extend-before", "tomorrow").await;
+    page.click("#extend-count").await;
+    page.wait_text("#extend-result", "a bad deadline filter", |t| {
+        t.contains("validation_failed: expires_before")
+    })
+    .await;
+    page.type_into("#extend-before", "").await;
+    page.type_into("#extend-customer", "cust-1").await;
+    page.click("#extend-count").await;
+    page.wait_text("#extend-result", "the dry run's count", |t| {
+        t == "1 pending order matches; nothing changed yet (dry run)."
+    })
+    .await;
+    assert_eq!(
+        order_deadline(app, &scene.pending).await,
+        before,
+        "a dry run changed a deadline"
+    );
+    page.wait_text("#extend-run", "the extend button names the count", |t| {
+        t == "Extend 1…"
+    })
+    .await;
+    page.click("#extend-run").await;
+    page.wait_visible("#confirm[open]", "the extension's confirmation")
+        .await;
+    let question = page.text("#confirm-text").await.unwrap();
+    assert_eq!(
+        question,
+        "Extend the deadline of 1 pending order(s) by 120 s?"
+    );
+    page.click("#confirm-yes").await;
+    page.wait_text("#extend-result", "the extension's result", |t| {
+        t == "Extended 1 of 1 matching order(s) by 120 s."
+    })
+    .await;
+    let after = order_deadline(app, &scene.pending).await;
+    assert_eq!((after - before).num_seconds(), 120);
+
+    page.type_into("#lookup-id", &scene.pending).await;
+    page.click("#lookup-form button[type=submit]").await;
+    page.wait_text("#lookup-deadline", "the deadline history", |t| {
+        t.contains("extended") && t.contains("bulk")
+    })
+    .await;
+    let rows = page
+        .script(
+            "return [...document.querySelectorAll('#lookup-deadline tr')].map(r => r.children[1].textContent);",
+            vec![],
+        )
+        .await;
+    assert_eq!(rows, json!(["created", "extended"]));
 }
 
 async fn paging_follows_the_next_cursor(page: &Page, app: &TestApp) {

@@ -110,6 +110,19 @@ async fn an_extended_order_outlives_its_old_deadline_and_is_cancelled_after_the_
         (new_deadline - time_of(&order, "expires_at")).num_milliseconds(),
         3000
     );
+    let (_, found) = app
+        .admin(reqwest::Method::GET, &format!("/admin/lookup/{id}"))
+        .await;
+    assert_eq!(
+        found["deadline_history"],
+        json!([
+            {"event": "created", "at": order["created_at"], "old_expires_at": null,
+             "expires_at": order["expires_at"], "source": "api"},
+            {"event": "extended", "at": found["deadline_history"][1]["at"],
+             "old_expires_at": order["expires_at"], "expires_at": extended["expires_at"],
+             "source": "api"}
+        ])
+    );
     // The timer armed for the old deadline (2 s) fires early and is re-armed.
     pending_until_then_cancelled(&app, &id, new_deadline).await;
     let seen = collect_events(&app, &events, |e| e.len() >= 3).await;

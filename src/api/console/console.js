@@ -19,6 +19,9 @@
     page: 0,
     next: null,
     selected: null,
+    // The bulk extension the last dry run counted ({request, matched}); null until one ran
+    // for the form as it is now.
+    extendCounted: null,
   };
 
   // ---- DOM helpers: text only ------------------------------------------------------
@@ -90,32 +93,36 @@
     }
   }
 
-  /** Calls the admin API with `token` (the stored one by default). */
-  async function api(method, path, token) {
+  /** Calls the admin API with `token` (the stored one by default) and an optional JSON body. */
+  async function api(method, path, token, body) {
     const bearer = token ?? sessionStorage.getItem(TOKEN_KEY);
     if (!bearer) throw new ApiError(401, 'unauthorized', 'no token');
+    const headers = { Authorization: `Bearer ${bearer}`, Accept: 'application/json' };
+    if (body !== undefined) headers['Content-Type'] = 'application/json';
     let response;
     try {
       response = await fetch(path, {
         method,
         cache: 'no-store',
-        headers: { Authorization: `Bearer ${bearer}`, Accept: 'application/json' },
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
       });
     } catch (error) {
       throw new ApiError(0, 'network', `the service did not answer (${error.message})`);
     }
     if (response.status === 204) return null;
-    let body = null;
+    let answer = null;
     try {
-      body = await response.json();
+      answer = await response.json();
     } catch (_) {
-      body = null;
+      answer = null;
     }
     if (!response.ok) {
-      const error = (body && body.error) || {};
-      throw new ApiError(response.status, error.code || `http_${response.status}`, error.message || response.statusText);
+      const error = (answer && answer.error) || {};
+      const message = error.field ? `${error.field}: ${error.message}` : error.message;
+      throw new ApiError(response.status, error.code || `http_${response.status}`, message || response.statusText);
     }
-    return body;
+    return answer;
   }
 
   /** Explains a refusal of the token, or returns null for other errors. */
@@ -504,6 +511,70 @@
     });
   }
 
+  // ---- bulk extension ----------------------------------------------------------------------
+
+  /** The request the form describes, without `dry_run`; empty filters are left out. */
+  function extendRequest() {
+    const kind = $('extend-kind').value;
+    const request = { kind, seconds: Number($('extend-seconds').value) };
+    const customer = $('extend-customer').value.trim();
+    const order = $('extend-order').value.trim();
+    const before = $('extend-before').value.trim();
+    if (kind === 'order' && customer) request.customer_id = customer;
+    if (kind === 'waybill' && order) request.order_id = order;
+    if (before) request.expires_before = before;
+    return request;
+  }
+
+  function extendResult(message, isError) {
+    const node = $('extend-result');
+    node.textContent = message;
+    node.className = `result ${isError ? 'error' : 'ok'}`;
+    node.hidden = false;
+  }
+
+  /** Any change to the form invalidates the count: extending needs a fresh dry run. */
+  function extendChanged() {
+    ui.extendCounted = null;
+    $('extend-run').disabled = true;
+    $('extend-run').textContent = 'Extend…';
+    const orders = $('extend-kind').value === 'order';
+    $('extend-customer-label').hidden = !orders;
+    $('extend-order-label').hidden = orders;
+  }
+
+  /** The dry run: shows how many entities the real run would extend. */
+  async function countExtension(event) {
+    if (event) event.preventDefault();
+    const request = extendRequest();
+    try {
+      const done = await api('POST', '/admin/deadlines/extend', undefined, { ...request, dry_run: true });
+      const what = done.matched === 1 ? `${request.kind} matches` : `${request.kind}s match`;
+      extendResult(`${done.matched} pending ${what}; nothing changed yet (dry run).`, false);
+      ui.extendCounted = { request, matched: done.matched };
+      $('extend-run').disabled = done.matched === 0;
+      $('extend-run').textContent = `Extend ${done.matched}…`;
+    } catch (error) {
+      extendChanged();
+      extendResult(`Refused: ${failed(error)}`, true);
+    }
+  }
+
+  async function runExtension() {
+    const counted = ui.extendCounted;
+    if (!counted) return;
+    const { request, matched } = counted;
+    if (!(await confirmAction(`Extend the deadline of ${matched} pending ${request.kind}(s) by ${request.seconds} s?`))) return;
+    try {
+      const done = await api('POST', '/admin/deadlines/extend', undefined, { ...request, dry_run: false });
+      extendResult(`Extended ${done.extended} of ${done.matched} matching ${request.kind}(s) by ${request.seconds} s.`, false);
+    } catch (error) {
+      extendResult(`Failed: ${failed(error)}`, true);
+    }
+    extendChanged();
+    await refreshOverview();
+  }
+
   // ---- lookup ----------------------------------------------------------------------------
 
   function lookup(id) {
@@ -546,6 +617,11 @@
     }
     pairs.push(['cancelled', e.cancelled_at ? `${when(e.cancelled_at)} (${e.cancel_reason})` : '–']);
     fields($('lookup-fields'), pairs);
+    $('lookup-deadline').replaceChildren(
+      ...found.deadline_history.map((h) =>
+        el('tr', {}, el('td', {}, when(h.at)), el('td', {}, h.event), el('td', {}, h.old_expires_at ? `${when(h.old_expires_at)} → ${when(h.expires_at)}` : when(h.expires_at)), el('td', {}, h.source)),
+      ),
+    );
     $('lookup-timeline').replaceChildren(...timeline(found).map(([at, text]) => el('li', {}, el('time', {}, when(at)), ' ', text)));
     $('lookup-outbox').replaceChildren(
       ...found.outbox.map((row) =>
@@ -577,6 +653,10 @@
       const published = row.published_at ? `, published ${when(row.published_at)}` : ', not published yet';
       steps.push([row.created_at, what + published]);
     }
+    for (const h of found.deadline_history) {
+      if (h.event === 'extended') steps.push([h.at, `deadline extended (${h.source}) from ${when(h.old_expires_at)} to ${when(h.expires_at)}`]);
+      if (h.event === 'reminded') steps.push([h.at, `reminder sent for the deadline ${when(h.expires_at)}`]);
+    }
     for (const f of found.failed_messages) steps.push([f.last_failed_at, `timer message failed (${f.attempts} attempts, ${f.status}): ${f.error}`]);
     return steps.sort((a, b) => new Date(a[0]) - new Date(b[0]));
   }
@@ -598,6 +678,10 @@
     $('requeue-all').addEventListener('click', requeueAll);
     $('replay-parking').addEventListener('click', replayParking);
     $('lookup-form').addEventListener('submit', runLookup);
+    $('extend-form').addEventListener('submit', countExtension);
+    $('extend-form').addEventListener('input', extendChanged);
+    $('extend-kind').addEventListener('change', extendChanged);
+    $('extend-run').addEventListener('click', runExtension);
     start();
   });
 })();
