@@ -95,13 +95,14 @@ pub async fn relay_batch(pool: &PgPool, broker: &Broker) -> Result<usize, RelayE
     if rows.is_empty() {
         return Ok(0);
     }
-    let plans: Vec<Plan> = rows.iter().map(|row| plan(broker, row)).collect();
-    for plan in &plans {
-        if let Some(bucket) = &plan.declare_bucket {
+    let publications: Vec<Publication> =
+        rows.iter().map(|row| publication_of(broker, row)).collect();
+    for publication in &publications {
+        if let Some(bucket) = &publication.declare_bucket {
             broker.ensure_cache_queue(bucket).await?;
         }
     }
-    let messages: Vec<Outgoing<'_>> = plans.iter().map(Plan::outgoing).collect();
+    let messages: Vec<Outgoing<'_>> = publications.iter().map(Publication::outgoing).collect();
     broker.publish(&messages).await?;
     let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
     outbox::mark_published(&mut tx, &ids).await?;
@@ -115,7 +116,7 @@ pub async fn relay_batch(pool: &PgPool, broker: &Broker) -> Result<usize, RelayE
 }
 
 /// Where and how one outbox row is published.
-struct Plan {
+struct Publication {
     exchange: String,
     routing_key: String,
     body: Vec<u8>,
@@ -124,7 +125,7 @@ struct Plan {
     declare_bucket: Option<String>,
 }
 
-impl Plan {
+impl Publication {
     fn outgoing(&self) -> Outgoing<'_> {
         Outgoing {
             exchange: &self.exchange,
@@ -136,7 +137,7 @@ impl Plan {
     }
 }
 
-fn plan(broker: &Broker, row: &Pending) -> Plan {
+fn publication_of(broker: &Broker, row: &Pending) -> Publication {
     let topology = broker.topology();
     let body = serde_json::to_vec(&row.payload).unwrap_or_default();
     let base = BasicProperties::default()
@@ -151,7 +152,7 @@ fn plan(broker: &Broker, row: &Pending) -> Plan {
         if ms_left == 0 {
             // Already due (published late, after an outage): straight to the due queue
             // instead of waiting behind younger timers in the cache bucket.
-            return Plan {
+            return Publication {
                 exchange: String::new(),
                 routing_key: topology.due_queue.clone(),
                 body,
@@ -160,7 +161,7 @@ fn plan(broker: &Broker, row: &Pending) -> Plan {
                 declare_bucket: None,
             };
         }
-        return Plan {
+        return Publication {
             exchange: String::new(),
             routing_key: topology.cache_queue(&row.routing_key),
             body,
@@ -169,7 +170,7 @@ fn plan(broker: &Broker, row: &Pending) -> Plan {
             declare_bucket: Some(row.routing_key.clone()),
         };
     }
-    Plan {
+    Publication {
         exchange: topology.events_exchange.clone(),
         routing_key: row.routing_key.clone(),
         body,

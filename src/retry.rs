@@ -33,8 +33,9 @@ pub enum Disposition {
     Permanent(String),
 }
 
-/// Routes deliveries to their next queue or to the failed-message store.
-pub struct Router {
+/// Routes the deliveries the consumer could not simply ack to their next queue (delay
+/// level, retry tier, parking) or to the failed-message store.
+pub struct DeliveryRouter {
     /// For the failed-message store.
     pub pool: PgPool,
     /// For the delay, retry and parking queues.
@@ -46,7 +47,7 @@ pub struct Router {
     pub call_limit: CallLimit,
 }
 
-impl Router {
+impl DeliveryRouter {
     /// Sends `delivery` where `disposition` says, then acks it (or nacks it back when
     /// nowhere is reachable).
     pub async fn dispose(&self, delivery: Delivery, disposition: Disposition) {

@@ -17,7 +17,7 @@ use crate::broker::{self, Broker, Endpoints, Topology};
 use crate::config::Config;
 use crate::domain::EntityKind;
 use crate::liveness::{Liveness, Loop};
-use crate::retry::Router;
+use crate::retry::DeliveryRouter;
 use crate::store::{self, CallLimit};
 use crate::sweeper::Sweeper;
 use crate::timeouts::DueConsumer;
@@ -128,7 +128,7 @@ impl Application {
         let consumer = DueConsumer {
             pool: pool.clone(),
             broker: broker.clone(),
-            router: Arc::new(Router {
+            delivery_router: Arc::new(DeliveryRouter {
                 pool: pool.clone(),
                 broker: broker.clone(),
                 alerter,

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::EntityKind;
 use crate::liveness::Heartbeat;
-use crate::store::sweep::{self, Swept};
+use crate::store::expiry::{self, Swept};
 use crate::store::{CallLimit, StoreError, outbox};
 
 /// Rows cancelled per transaction.
@@ -91,7 +91,7 @@ impl Sweeper {
     }
 
     async fn sweep_batch(&self, kind: EntityKind) -> Result<Swept, StoreError> {
-        let sweeping = sweep::sweep_overdue(&self.pool, kind, self.grace, BATCH);
+        let sweeping = expiry::sweep_overdue(&self.pool, kind, self.grace, BATCH);
         let batch = self.call_limit.run("sweep", sweeping).await?;
         let n = batch.ids.len() as u64;
         metrics::counter!("order_timeout_cancelled_total", "kind" => kind.as_str(), "reason" => kind.timeout_reason()).increment(n);

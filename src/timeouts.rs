@@ -25,8 +25,8 @@ use uuid::Uuid;
 use crate::broker::{Broker, Session};
 use crate::domain::{EntityKind, TimerMessage};
 use crate::liveness::Heartbeat;
-use crate::retry::{Disposition, Router};
-use crate::store::sweep::{self, Fate};
+use crate::retry::{DeliveryRouter, Disposition};
+use crate::store::expiry::{self, Fate};
 use crate::store::{CallLimit, StoreError};
 
 use self::acks::AckLedger;
@@ -39,7 +39,7 @@ pub struct DueConsumer {
     /// Where the timers live.
     pub broker: Broker,
     /// Sends failed deliveries to their next home.
-    pub router: Arc<Router>,
+    pub delivery_router: Arc<DeliveryRouter>,
     /// Batches handled at the same time.
     pub concurrency: usize,
     /// Unacked deliveries the broker may push.
@@ -152,18 +152,18 @@ impl DueConsumer {
         let mut done = Vec::new();
         for (kind, batch) in by_kind {
             let ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
-            let cancelling = sweep::cancel_due(&self.pool, kind, &ids);
+            let cancelling = expiry::cancel_if_due(&self.pool, kind, &ids);
             match self.call_limit.run("cancel_due", cancelling).await {
                 Ok(fates) => {
                     if fates.values().any(|fate| *fate == Fate::Cancelled) {
                         self.relay_wakeup.notify_one();
                     }
-                    sort(kind, batch, &fates, &mut done, &mut routes);
+                    split_by_fate(kind, batch, &fates, &mut done, &mut routes);
                 }
-                Err(error) => routes.extend(failed(batch, &error)),
+                Err(error) => routes.extend(routes_after_store_error(batch, &error)),
             }
         }
-        // Routed deliveries are acked by the router; that must happen before a multiple
+        // Routed deliveries are acked by the delivery router; that must happen before a multiple
         // ack covers their tags.
         let routed: Vec<u64> = routes
             .iter()
@@ -171,7 +171,7 @@ impl DueConsumer {
             .collect();
         let routing = routes
             .into_iter()
-            .map(|(delivery, disposition)| self.router.dispose(delivery, disposition));
+            .map(|(delivery, disposition)| self.delivery_router.dispose(delivery, disposition));
         futures_util::future::join_all(routing).await;
         ledger.settle(&done, &routed).await;
         metrics::histogram!("order_timeout_handler_seconds")
@@ -181,7 +181,7 @@ impl DueConsumer {
 
 /// Sorts a kind's deliveries by what their cancel found: cancelled or already settled
 /// ones are `done` (to be acked), early or unknown ones get a route.
-fn sort(
+fn split_by_fate(
     kind: EntityKind,
     batch: Vec<(Uuid, Delivery)>,
     fates: &HashMap<Uuid, Fate>,
@@ -225,7 +225,10 @@ fn sort(
 /// Routes for every delivery of a batch whose cancel failed: retry tiers for a transient
 /// error, the failed-message store for a permanent one. They are routed all at once, so
 /// a slow failure path (each store attempt waiting for its timeout) does not serialise.
-fn failed(batch: Vec<(Uuid, Delivery)>, error: &StoreError) -> Vec<(Delivery, Disposition)> {
+fn routes_after_store_error(
+    batch: Vec<(Uuid, Delivery)>,
+    error: &StoreError,
+) -> Vec<(Delivery, Disposition)> {
     batch
         .into_iter()
         .map(|(id, delivery)| {

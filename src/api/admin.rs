@@ -16,9 +16,9 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use super::AppState;
+use super::entity_handlers::{Listing, paged};
 use super::error::ApiError;
 use super::extract::{EntityId, QueryPairs};
-use super::resource::{Listing, paged};
 use crate::broker::headers;
 use crate::broker::{Outgoing, PublishError};
 use crate::domain::FieldError;

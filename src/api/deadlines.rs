@@ -8,9 +8,9 @@ use axum::routing::post;
 use axum::{Json, Router};
 
 use super::AppState;
+use super::entity_handlers::{self, not_found};
 use super::error::ApiError;
 use super::extract::{EntityId, JsonBody};
-use super::resource::{self, not_found};
 use crate::domain::{
     BulkExtension, Extension, FieldError, Order, OrderStatus, Waybill, WaybillStatus,
 };
@@ -85,7 +85,7 @@ async fn extend<T: Entity>(
     let max = state.config.max_timeout;
     let extension = Extension::parse(&body.value, max)?;
     let kind = T::KIND.as_str();
-    let outcome = resource::within_deadline(
+    let outcome = entity_handlers::within_deadline(
         state,
         deadlines::extend::<T>(&state.pool, id, extension.seconds, max),
     )

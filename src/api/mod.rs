@@ -4,11 +4,11 @@
 mod admin;
 mod console;
 mod deadlines;
+mod entity_handlers;
 mod error;
 mod extract;
 mod health;
 mod orders;
-mod resource;
 mod waybills;
 
 use std::any::Any;

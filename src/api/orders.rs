@@ -7,9 +7,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use super::AppState;
+use super::entity_handlers::{self, Listing};
 use super::error::ApiError;
 use super::extract::{EntityId, JsonBody, QueryPairs};
-use super::resource::{self, Listing};
 use crate::domain::{FieldError, NewOrder, Order, OrderStatus};
 use crate::store::entities::{self, Transition};
 
@@ -27,21 +27,21 @@ async fn create(
     headers: HeaderMap,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    resource::create(&state, &headers, body, "orders", NewOrder::parse).await
+    entity_handlers::create(&state, &headers, body, "orders", NewOrder::parse).await
 }
 
 async fn show(
     State(state): State<AppState>,
     EntityId(id): EntityId,
 ) -> Result<Json<Order>, ApiError> {
-    resource::get(&state, id).await
+    entity_handlers::get(&state, id).await
 }
 
 async fn list(
     State(state): State<AppState>,
     query: QueryPairs,
 ) -> Result<Json<Listing<Order>>, ApiError> {
-    resource::list(&state, &query, "customer_id", status_name).await
+    entity_handlers::list(&state, &query, "customer_id", status_name).await
 }
 
 fn status_name(text: &str) -> Result<&'static str, FieldError> {
@@ -57,7 +57,7 @@ async fn pay(
     State(state): State<AppState>,
     EntityId(id): EntityId,
 ) -> Result<Json<Order>, ApiError> {
-    match resource::within_deadline(&state, entities::pay_order(&state.pool, id)).await? {
+    match entity_handlers::within_deadline(&state, entities::pay_order(&state.pool, id)).await? {
         Transition::Done(order) => {
             state.relay_wakeup.notify_one();
             metrics::counter!("order_timeout_entities_total", "kind" => "order", "event" => "paid")
@@ -89,7 +89,7 @@ async fn cancel(
     State(state): State<AppState>,
     EntityId(id): EntityId,
 ) -> Result<Json<Order>, ApiError> {
-    match resource::within_deadline(&state, entities::cancel_order(&state.pool, id)).await? {
+    match entity_handlers::within_deadline(&state, entities::cancel_order(&state.pool, id)).await? {
         Transition::Done(order) => {
             state.relay_wakeup.notify_one();
             let reason = order.cancel_reason.clone().unwrap_or_default();

@@ -7,9 +7,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use super::AppState;
+use super::entity_handlers::{self, Listing};
 use super::error::ApiError;
 use super::extract::{EntityId, JsonBody, QueryPairs};
-use super::resource::{self, Listing};
 use crate::domain::{FieldError, NewWaybill, Waybill, WaybillStatus, parse_acceptance};
 use crate::store::entities::{self, Transition};
 
@@ -27,21 +27,21 @@ async fn create(
     headers: HeaderMap,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    resource::create(&state, &headers, body, "waybills", NewWaybill::parse).await
+    entity_handlers::create(&state, &headers, body, "waybills", NewWaybill::parse).await
 }
 
 async fn show(
     State(state): State<AppState>,
     EntityId(id): EntityId,
 ) -> Result<Json<Waybill>, ApiError> {
-    resource::get(&state, id).await
+    entity_handlers::get(&state, id).await
 }
 
 async fn list(
     State(state): State<AppState>,
     query: QueryPairs,
 ) -> Result<Json<Listing<Waybill>>, ApiError> {
-    resource::list(&state, &query, "order_id", status_name).await
+    entity_handlers::list(&state, &query, "order_id", status_name).await
 }
 
 fn status_name(text: &str) -> Result<&'static str, FieldError> {
@@ -59,7 +59,7 @@ async fn accept(
     body: JsonBody,
 ) -> Result<Json<Waybill>, ApiError> {
     let carrier = parse_acceptance(&body.value)?;
-    match resource::within_deadline(
+    match entity_handlers::within_deadline(
         &state,
         entities::accept_waybill(&state.pool, id, carrier.as_str()),
     )
@@ -98,7 +98,9 @@ async fn cancel(
     State(state): State<AppState>,
     EntityId(id): EntityId,
 ) -> Result<Json<Waybill>, ApiError> {
-    match resource::within_deadline(&state, entities::cancel_waybill(&state.pool, id)).await? {
+    match entity_handlers::within_deadline(&state, entities::cancel_waybill(&state.pool, id))
+        .await?
+    {
         Transition::Done(waybill) => {
             state.relay_wakeup.notify_one();
             let reason = waybill.cancel_reason.clone().unwrap_or_default();

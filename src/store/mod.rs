@@ -5,12 +5,12 @@ pub mod console;
 pub mod deadlines;
 pub mod entities;
 pub mod error;
+pub mod expiry;
 pub mod failed;
 pub mod idempotency;
 pub mod limit;
 pub mod outbox;
 pub mod session;
-pub mod sweep;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -172,7 +172,7 @@ mod tests {
     use crate::domain::{EntityKind, NewOrder, NewWaybill, Order, Waybill};
     use crate::store::entities::{self, Entity};
     use crate::store::idempotency::IdempotencyKey;
-    use crate::store::{self, PoolSettings, sweep};
+    use crate::store::{self, PoolSettings, expiry};
 
     const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
 
@@ -273,10 +273,10 @@ mod tests {
         );
 
         tokio::time::sleep(Duration::from_millis(20)).await;
-        sweep::cancel_due(&pool, EntityKind::Order, &[first.id, second.id])
+        expiry::cancel_if_due(&pool, EntityKind::Order, &[first.id, second.id])
             .await
             .unwrap();
-        sweep::cancel_due(&pool, EntityKind::Waybill, &[waybill.id])
+        expiry::cancel_if_due(&pool, EntityKind::Waybill, &[waybill.id])
             .await
             .unwrap();
         for id in [first.id, second.id] {
@@ -297,7 +297,7 @@ mod tests {
             .unwrap()
             .entity;
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let swept = sweep::sweep_overdue(&pool, EntityKind::Order, Duration::from_millis(1), 10)
+        let swept = expiry::sweep_overdue(&pool, EntityKind::Order, Duration::from_millis(1), 10)
             .await
             .unwrap();
         assert_eq!(swept.ids, [overdue.id]);

@@ -30,18 +30,18 @@ pub enum Fate {
 /// events; the ids it did not cancel are looked up afterwards (rarely: a paid order, an
 /// early or a duplicate timer), which a concurrent change cannot make wrong: a row paid
 /// meanwhile is settled, a row that fell due meanwhile is re-armed for a millisecond.
-pub async fn cancel_due(
+pub async fn cancel_if_due(
     pool: &PgPool,
     kind: EntityKind,
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, Fate>, StoreError> {
     match kind {
-        EntityKind::Order => cancel_due_of::<Order>(pool, ids).await,
-        EntityKind::Waybill => cancel_due_of::<Waybill>(pool, ids).await,
+        EntityKind::Order => cancel_if_due_of::<Order>(pool, ids).await,
+        EntityKind::Waybill => cancel_if_due_of::<Waybill>(pool, ids).await,
     }
 }
 
-async fn cancel_due_of<T: Entity>(
+async fn cancel_if_due_of<T: Entity>(
     pool: &PgPool,
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, Fate>, StoreError> {
