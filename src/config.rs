@@ -1,7 +1,8 @@
 //! Every setting of the service in one place, read from flags or the environment.
 //!
-//! The names are the contract of DESIGN.md; each flag falls back to its environment
-//! variable, then to the default shown in `--help`.
+//! The names are a contract with operators (README.md "Configuration",
+//! docs/architecture.md "Operations"); each flag falls back to its environment variable,
+//! then to the default shown in `--help`.
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -23,6 +23,9 @@
 //!    lost; [`broker`]'s supervisor reconnects when the broker goes away.
 //!
 //! [`startup`] wires the tasks together and stops them in order on shutdown.
+//!
+//! docs/architecture.md is the design at length: the rules that make this correct, the
+//! queue topology, what runs where and the shutdown order.
 
 pub mod alert;
 pub mod api;

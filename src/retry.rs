@@ -1,7 +1,7 @@
 //! Where a delivery goes when it was not simply handled: re-armed through a delay level,
 //! retried through a retry tier, stored as failed, or parked. Every path publishes with
 //! a confirm before the original is acked; when no safe home is reachable the delivery is
-//! nacked back after a pause, never acked (DESIGN.md rules 4, 6, 7).
+//! nacked back after a pause, never acked (docs/architecture.md rules 4, 6, 7).
 
 use std::time::Duration;
 

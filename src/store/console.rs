@@ -1,6 +1,6 @@
 //! The read-only queries behind the operator console: counts, the next deadlines, the
 //! outbox backlog, how late timeout cancels were, and everything known about one entity.
-//! Every time here is the database's (DESIGN.md rule 1): the console shows what the
+//! Every time here is the database's (docs/architecture.md rule 1): the console shows what the
 //! service itself would decide.
 
 use chrono::{DateTime, Utc};

@@ -299,7 +299,7 @@ async fn transition<T: Entity>(
     }
 }
 
-/// Pays a pending order whose deadline has not passed (DESIGN.md rule 2).
+/// Pays a pending order whose deadline has not passed (docs/architecture.md rule 2).
 pub async fn pay_order(pool: &PgPool, id: Uuid) -> Result<Transition<Order>, StoreError> {
     let update = "update orders set status = 'paid', paid_at = now()
                   where id = $1 and status = 'pending' and expires_at > now() returning *";

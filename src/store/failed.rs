@@ -1,4 +1,4 @@
-//! Messages whose handling failed for good, kept for an operator (DESIGN.md rule 7).
+//! Messages whose handling failed for good, kept for an operator (docs/architecture.md rule 7).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;

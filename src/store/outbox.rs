@@ -1,6 +1,6 @@
 //! The transactional outbox: timers and events are written by the statement (or in the
 //! transaction) that changes the entity, and published by the relay afterwards
-//! (DESIGN.md rule 3).
+//! (docs/architecture.md rule 3).
 
 use std::time::Duration;
 

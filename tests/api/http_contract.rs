@@ -1,4 +1,4 @@
-//! The HTTP contract of DESIGN.md: statuses, error codes, validation, paging,
+//! The HTTP contract (docs/architecture.md, openapi.yaml): statuses, error codes, validation, paging,
 //! idempotency. Bad input never changes anything and never yields a 500.
 
 use reqwest::StatusCode;

@@ -437,7 +437,7 @@ fn the_spec_documents_every_route_of_the_contract() {
         .iter()
         .map(|(m, p)| format!("{m} {p}"))
         .collect();
-    // DESIGN.md's HTTP contract, route by route.
+    // The HTTP contract of docs/architecture.md, route by route.
     let contract: BTreeSet<String> = [
         "POST /orders",
         "GET /orders",
@@ -469,7 +469,7 @@ fn the_spec_documents_every_route_of_the_contract() {
     let missing: Vec<&String> = contract.difference(&documented).collect();
     assert!(
         missing.is_empty(),
-        "routes of DESIGN.md missing from openapi.yaml: {missing:?}"
+        "routes of docs/architecture.md missing from openapi.yaml: {missing:?}"
     );
 
     let mut ids = BTreeSet::new();
