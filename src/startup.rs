@@ -99,15 +99,16 @@ impl Application {
             shutdown,
         } = self;
         let broker_stop = CancellationToken::new();
+        let liveness = Liveness::new(config.liveness_timeout);
         let mut supervisor = tokio::spawn(broker::supervise(
             broker.clone(),
             endpoints,
             config.reconnect_max,
+            liveness.of(Loop::Supervisor),
             broker_stop.clone(),
         ));
         let workers = TaskTracker::new();
         let relay_wakeup = Arc::new(Notify::new());
-        let liveness = Liveness::new(config.liveness_timeout);
         let call_limit = CallLimit(config.database_call_timeout);
         let alerter = Alerter::start(config.alert_webhook_url.clone(), broker_stop.clone());
         let state = AppState {

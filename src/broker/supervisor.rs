@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::backoff::ReconnectBackoff;
 use super::endpoints::{Endpoint, Endpoints};
 use super::{Broker, Session};
+use crate::liveness::Heartbeat;
 
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,10 +36,14 @@ pub enum SupervisorError {
 /// Each round tries every node of `endpoints` once, starting after the node last used
 /// (the first round at a random node, so instances spread over a cluster), and takes
 /// the first that answers; a round in which none answers is followed by a backoff pause.
+///
+/// Each connection attempt is marked busy on `heartbeat` (the wait for a loss and the
+/// backoff pauses are idle), so an attempt that never returns shows in `/healthz`.
 pub async fn supervise(
     broker: Broker,
     endpoints: Endpoints,
     reconnect_max: Duration,
+    heartbeat: Arc<Heartbeat>,
     shutdown: CancellationToken,
 ) -> Result<(), SupervisorError> {
     let mut down_since = Instant::now();
@@ -47,7 +52,10 @@ pub async fn supervise(
     let mut cursor = random_offset(endpoints.len());
     tracing::info!(nodes = ?endpoints.names(), first = %endpoints.get(cursor).name(), "broker nodes");
     while !shutdown.is_cancelled() {
-        match connect_round(&broker, &endpoints, &mut cursor).await {
+        let attempt = heartbeat.busy();
+        let connected = connect_round(&broker, &endpoints, &mut cursor).await;
+        drop(attempt);
+        match connected {
             Ok(session) => {
                 tracing::info!(node = %session.node, prefix = %broker.topology.prefix, "broker connected, topology declared");
                 reported_down = false;
