@@ -9,13 +9,15 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-/// How `order-timeout serve` is configured.
-#[derive(Debug, Clone, Args)]
+/// How `order-timeout serve` is configured. Its `Debug` hides passwords and tokens
+/// (see `secrets`), and `--help` never prints the environment's value of a secret.
+#[derive(Clone, Args)]
 pub struct Config {
     /// PostgreSQL holding orders, waybills, the outbox and failed messages; created if missing.
     #[arg(
         long,
         env = "DATABASE_URL",
+        hide_env_values = true,
         default_value = "postgres://postgres@127.0.0.1:5432/order_timeout"
     )]
     pub database_url: String,
@@ -78,11 +80,11 @@ pub struct Config {
     pub sweep_grace: Duration,
 
     /// Bearer token of the admin API; unset or empty disables it (503 `admin_disabled`).
-    #[arg(long, env = "ADMIN_TOKEN")]
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
     /// Where alerts about failed messages are posted (DingTalk-robot compatible body).
-    #[arg(long, env = "ALERT_WEBHOOK_URL")]
+    #[arg(long, env = "ALERT_WEBHOOK_URL", hide_env_values = true)]
     pub alert_webhook_url: Option<String>,
 
     /// How long to try to reach the broker before giving up and exiting; 0 = forever.
@@ -153,9 +155,112 @@ pub struct Config {
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// Longest a client may take to send a request's headers (also how long an idle
+    /// keep-alive connection is kept), so a slowloris cannot hold a connection.
+    #[arg(long, env = "HTTP_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_header_read_timeout: Duration,
+
+    /// Longest a request may take from its headers to its response (a slowly sent body
+    /// included); past it the answer is 408 `request_timeout`.
+    #[arg(long, env = "HTTP_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub http_request_timeout: Duration,
+
+    /// Most HTTP connections open at once; further clients wait in the listen backlog,
+    /// so many idle sockets cannot exhaust the process's file descriptors.
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_connections: u32,
+
+    /// Failed admin authentications one client address may make per minute; past it every
+    /// admin call from that address answers 429 until the minute is over.
+    #[arg(long, env = "ADMIN_AUTH_FAILURES_PER_MINUTE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub admin_auth_failures_per_minute: u32,
+
+    /// Bytes of a failed message's body kept in `failed_messages`; the rest is dropped and
+    /// the row notes the original size, so one huge message cannot bloat the table.
+    #[arg(long, env = "FAILED_MESSAGE_MAX_BODY", default_value_t = 1024 * 1024)]
+    pub failed_message_max_body: usize,
+
+    /// How long an `Idempotency-Key` is remembered; older keys are pruned.
+    #[arg(long, env = "IDEMPOTENCY_KEY_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub idempotency_key_retention: Duration,
+
+    /// How long a requeued or discarded failed message is kept for audit before pruning.
+    #[arg(long, env = "RESOLVED_FAILED_MESSAGE_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    pub resolved_failed_message_retention: Duration,
+
     /// Log lines as human-readable text or as JSON.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+}
+
+impl std::fmt::Debug for Config {
+    /// Every setting, with the passwords of the URLs and the tokens replaced by `***`:
+    /// a configuration dumped into a log or a panic message leaks no secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("database_url", &secrets::redact_url(&self.database_url))
+            .field("amqp_url", &secrets::redact_url(&self.amqp_url))
+            .field("http_addr", &self.http_addr)
+            .field("order_timeout", &self.order_timeout)
+            .field("waybill_timeout", &self.waybill_timeout)
+            .field("queue_prefix", &self.queue_prefix)
+            .field("queue_type", &self.queue_type)
+            .field("consumer_concurrency", &self.consumer_concurrency)
+            .field("prefetch", &self.prefetch)
+            .field("retry_delays", &self.retry_delays)
+            .field("sweep_interval", &self.sweep_interval)
+            .field("sweep_grace", &self.sweep_grace)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| secrets::HIDDEN),
+            )
+            .field(
+                "alert_webhook_url",
+                &self.alert_webhook_url.as_ref().map(|_| secrets::HIDDEN),
+            )
+            .field("reconnect_max", &self.reconnect_max)
+            .field("http_header_read_timeout", &self.http_header_read_timeout)
+            .field("http_request_timeout", &self.http_request_timeout)
+            .field("http_max_connections", &self.http_max_connections)
+            .field("failed_message_max_body", &self.failed_message_max_body)
+            .field("log_format", &self.log_format)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Keeping secrets out of `Debug` output.
+pub mod secrets {
+    /// What a hidden value prints as.
+    pub const HIDDEN: &str = "***";
+
+    /// `scheme://user:***@host/…`: the URL with its password (if any) hidden; every URL
+    /// of a comma-separated list (AMQP_URL names several nodes) is redacted.
+    pub fn redact_url(urls: &str) -> String {
+        urls.split(',')
+            .map(redact_one)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn redact_one(url: &str) -> String {
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return url.to_owned();
+        };
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(authority_end);
+        match authority.rsplit_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+                let hidden = if userinfo.contains(':') {
+                    format!("{user}:{HIDDEN}")
+                } else {
+                    user.to_owned()
+                };
+                format!("{scheme}://{hidden}@{host}{path}")
+            }
+            None => url.to_owned(),
+        }
+    }
 }
 
 /// Output format of the logs.
@@ -241,6 +346,18 @@ mod tests {
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn debug_output_hides_passwords_and_tokens() {
+        let mut config = Config::defaults();
+        config.database_url = "postgres://app:pg-s3cret@db:5432/ot".into();
+        config.amqp_url = "amqp://u:mq-s3cret@a:5672/%2f,amqp://u:mq-s3cret@b:5672/%2f".into();
+        config.admin_token = Some("admin-s3cret".into());
+        config.alert_webhook_url = Some("https://hook/?access_token=hook-s3cret".into());
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert!(debug.contains("postgres://app:***@db:5432/ot"), "{debug}");
     }
 
     #[test]

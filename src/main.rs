@@ -25,6 +25,7 @@ enum Command {
         #[arg(
             long,
             env = "DATABASE_URL",
+            hide_env_values = true,
             default_value = "postgres://postgres@127.0.0.1:5432/order_timeout"
         )]
         database_url: String,

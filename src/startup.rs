@@ -118,14 +118,20 @@ impl Application {
             relay_wakeup: relay_wakeup.clone(),
             metrics: telemetry::metrics_handle(),
             liveness: liveness.clone(),
+            auth_throttle: Arc::new(api::AuthThrottle::new(
+                config.admin_auth_failures_per_minute,
+            )),
         };
-        let server = axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        workers.spawn(async move {
-            if let Err(error) = server.await {
-                tracing::error!(%error, "HTTP server failed");
-            }
-        });
+        let limits = api::ConnectionLimits {
+            header_read_timeout: config.http_header_read_timeout,
+            max_connections: config.http_max_connections as usize,
+        };
+        workers.spawn(api::serve(
+            listener,
+            api::router(state),
+            limits,
+            shutdown.clone(),
+        ));
         let consumer = DueConsumer {
             pool: pool.clone(),
             broker: broker.clone(),

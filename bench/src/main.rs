@@ -77,6 +77,7 @@ pub struct BenchArgs {
     #[arg(
         long,
         env = "DATABASE_URL",
+        hide_env_values = true,
         default_value = "postgres://postgres@127.0.0.1:5432/order_timeout"
     )]
     pub database_url: String,
@@ -85,6 +86,7 @@ pub struct BenchArgs {
     #[arg(
         long,
         env = "AMQP_URL",
+        hide_env_values = true,
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     pub amqp_url: String,

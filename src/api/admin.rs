@@ -55,6 +55,10 @@ pub(super) async fn require_token(
     else {
         return ApiError::AdminDisabled.into_response();
     };
+    let client = super::serve::client_address(&request).map(|address| address.ip());
+    if client.is_some_and(|ip| state.auth_throttle.is_blocked(ip)) {
+        return ApiError::TooManyRequests.into_response();
+    }
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -66,10 +70,30 @@ pub(super) async fn require_token(
         .ct_eq(&Sha256::digest(expected.as_bytes()))
         .into();
     if given.is_empty() || !matches {
-        tracing::warn!(path = %request.uri().path(), "admin call refused: bad token");
+        if let Some(ip) = client {
+            state.auth_throttle.record_failure(ip);
+        }
+        tracing::warn!(path = %loggable_path(request.uri().path()), client = ?client, "admin call refused: bad token");
         return ApiError::Unauthorized.into_response();
     }
     next.run(request).await
+}
+
+/// Longest part of a refused request's path written to the log.
+const LOGGED_PATH_MAX: usize = 120;
+
+/// The path as a log field: at most LOGGED_PATH_MAX characters, control characters
+/// escaped, so a refused call cannot write 64 KiB or forge lines into the log.
+fn loggable_path(path: &str) -> String {
+    let mut shown: String = path
+        .chars()
+        .take(LOGGED_PATH_MAX)
+        .flat_map(char::escape_default)
+        .collect();
+    if path.chars().count() > LOGGED_PATH_MAX {
+        shown.push('…');
+    }
+    shown
 }
 
 /// A failed message as the admin API shows it: the body as text when it is UTF-8, and
@@ -328,4 +352,21 @@ async fn replay_parking(State(state): State<AppState>) -> Result<Json<Value>, Ap
         .increment(u64::from(replayed));
     tracing::info!(replayed, "admin replayed the parking queue");
     Ok(Json(json!({ "requeued": replayed })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_path_is_logged_short_and_on_one_line() {
+        let path = format!("/admin/\n{}", "x".repeat(64 * 1024));
+        let shown = loggable_path(&path);
+        assert!(
+            shown.chars().count() <= LOGGED_PATH_MAX * 2 + 1,
+            "{}",
+            shown.len()
+        );
+        assert!(!shown.contains('\n'));
+    }
 }

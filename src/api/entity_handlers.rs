@@ -14,7 +14,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{JsonBody, QueryPairs};
 use crate::domain::FieldError;
-use crate::store::entities::{self, Entity, ListFilter, NewEntity};
+use crate::store::entities::{self, Entity, ListFilter, NewEntity, Owner};
 use crate::store::idempotency::IdempotencyKey;
 
 /// The header clients use to make a create safe to retry.
@@ -132,12 +132,14 @@ pub async fn list<T: Entity>(
     query.checked(&["status", owner_param, "limit", "after"])?;
     let page = query.page()?;
     let status = query.get("status").map(parse_status).transpose()?;
-    let owner = query.get(owner_param).map(str::to_owned);
-    if T::OWNER_FILTER.1 == "uuid" {
-        if let Some(owner) = &owner {
-            Uuid::parse_str(owner).map_err(|_| FieldError::new(owner_param, "must be a UUID"))?;
-        }
-    }
+    let owner = match (query.get(owner_param), T::OWNER_FILTER.1) {
+        (None, _) => None,
+        (Some(text), "uuid") => Some(Owner::Uuid(
+            super::extract::parse_uuid(text)
+                .ok_or_else(|| FieldError::new(owner_param, "must be a UUID"))?,
+        )),
+        (Some(text), _) => Some(Owner::Text(text.to_owned())),
+    };
     // One row more than the page, to know whether another page follows.
     let filter = ListFilter {
         status,

@@ -22,6 +22,16 @@ pub enum ApiError {
     /// The body is over the limit.
     #[error("request body exceeds 64 KiB")]
     PayloadTooLarge,
+    /// A body was sent with another `Content-Type` than JSON (a cross-site form or
+    /// `text/plain` POST must not be taken for an API call).
+    #[error("the body must be sent with Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// The request took longer than HTTP_REQUEST_TIMEOUT (e.g. a body sent too slowly).
+    #[error("the request took too long")]
+    RequestTimeout,
+    /// Too many failed admin authentications from this client address.
+    #[error("too many failed authentications, retry later")]
+    TooManyRequests,
     /// A path id is not a UUID.
     #[error("id must be a UUID")]
     InvalidId,
@@ -65,6 +75,11 @@ impl ApiError {
             ApiError::InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
             ApiError::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            ApiError::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             ApiError::InvalidId => (StatusCode::BAD_REQUEST, "invalid_id"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),

@@ -25,6 +25,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let declared = json_declared(request.headers())?;
         let raw =
             Bytes::from_request(request, state)
                 .await
@@ -35,7 +36,11 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                         ApiError::InvalidJson(format!("could not read the body: {rejection}"))
                     }
                 })?;
-        let value = if raw.iter().all(u8::is_ascii_whitespace) {
+        let empty = raw.iter().all(u8::is_ascii_whitespace);
+        if !empty && !declared {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let value = if empty {
             // An empty body on an action (pay, cancel) means "no arguments".
             Value::Object(Default::default())
         } else {
@@ -44,6 +49,48 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         };
         Ok(Self { value })
     }
+}
+
+/// Whether the request declares a JSON body; `Err` (415) for any other declared type.
+/// A body without `Content-Type` is refused too (by the caller) unless it is empty: a
+/// browser sends a cross-site `text/plain` or form POST without asking the API first,
+/// so only a JSON type proves the caller meant to call the API.
+fn json_declared(headers: &axum::http::HeaderMap) -> Result<bool, ApiError> {
+    let Some(value) = headers.get(axum::http::header::CONTENT_TYPE) else {
+        return Ok(false);
+    };
+    let essence = value
+        .to_str()
+        .ok()
+        .and_then(|text| text.split(';').next())
+        .map(|text| text.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    let json = essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if json {
+        Ok(true)
+    } else {
+        Err(ApiError::UnsupportedMediaType)
+    }
+}
+
+/// Refuses (415) a request that changes something and declares a body other than JSON,
+/// including actions that read no body: a cross-site `text/plain` POST to
+/// `/orders/{id}/cancel` must not cancel anything.
+pub async fn refuse_non_json(
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::Method;
+    use axum::response::IntoResponse;
+    let reads_only = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    if !reads_only && let Err(error) = json_declared(request.headers()) {
+        return error.into_response();
+    }
+    next.run(request).await
 }
 
 /// The `{id}` of a path, as a UUID.
@@ -56,10 +103,18 @@ impl<S: Send + Sync> FromRequestParts<S> for EntityId {
         let Path(text) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|_| ApiError::InvalidId)?;
-        Uuid::parse_str(&text)
-            .map(EntityId)
-            .map_err(|_| ApiError::InvalidId)
+        parse_uuid(&text).map(EntityId).ok_or(ApiError::InvalidId)
     }
+}
+
+/// A UUID in its canonical hyphenated form only (`format: uuid` of the spec): the
+/// braced, `urn:uuid:` and 32-digit forms Rust's parser also takes are refused, so
+/// what the API accepts is what the spec promises.
+pub fn parse_uuid(text: &str) -> Option<Uuid> {
+    if text.len() != 36 {
+        return None;
+    }
+    Uuid::try_parse(text).ok()
 }
 
 /// The query string as ordered pairs; malformed encoding is a validation error.
@@ -117,13 +172,13 @@ impl QueryPairs {
         Ok(())
     }
 
-    /// The value of `key`, if present and non-empty.
+    /// The value of `key`, if present. An empty value (`?after=`) is a value, and
+    /// refused by the parameter's parser like any other malformed one.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
-            .filter(|v| !v.is_empty())
     }
 
     /// Parses `limit` and `after`.
@@ -140,13 +195,12 @@ impl QueryPairs {
                 }
             },
         };
-        let after =
-            match self.get("after") {
-                None => None,
-                Some(text) => Some(Uuid::parse_str(text).map_err(|_| {
-                    FieldError::new("after", "must be a cursor from a previous page")
-                })?),
-            };
+        let after = match self.get("after") {
+            None => None,
+            Some(text) => Some(parse_uuid(text).ok_or_else(|| {
+                FieldError::new("after", "must be a cursor from a previous page")
+            })?),
+        };
         Ok(Page { limit, after })
     }
 }

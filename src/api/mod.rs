@@ -9,6 +9,8 @@ mod error;
 mod extract;
 mod health;
 mod orders;
+mod serve;
+mod throttle;
 mod waybills;
 
 use std::any::Any;
@@ -27,6 +29,8 @@ use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
 pub use health::OPENAPI_YAML;
+pub use serve::{ConnectionLimits, serve};
+pub use throttle::AuthThrottle;
 
 use crate::broker::Broker;
 use crate::config::Config;
@@ -46,6 +50,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Whether the background loops make progress, for `/healthz` and `/metrics`.
     pub liveness: crate::liveness::Liveness,
+    /// Counts failed admin authentications per client address (429 past the limit).
+    pub auth_throttle: Arc<throttle::AuthThrottle>,
 }
 
 /// The whole API.
@@ -61,6 +67,11 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
+        .layer(middleware::from_fn(extract::refuse_non_json))
+        .layer(middleware::from_fn_with_state(
+            state.config.http_request_timeout,
+            time_limit,
+        ))
         .layer(middleware::from_fn(record_metrics))
         .layer(TraceLayer::new_for_http())
         .layer(CatchPanicLayer::custom(panic_response))
@@ -76,13 +87,54 @@ async fn record_metrics(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
     metrics::counter!("order_timeout_http_requests_total", "method" => method, "route" => route.clone(), "status" => status).increment(1);
     metrics::histogram!("order_timeout_http_request_duration_seconds", "route" => route)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// The method as a metric label: one of the standard methods or `OTHER`, since HTTP
+/// allows any token as a method and each new label value is a new series kept forever.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    const KNOWN: [(Method, &str); 9] = [
+        (Method::GET, "GET"),
+        (Method::HEAD, "HEAD"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::DELETE, "DELETE"),
+        (Method::PATCH, "PATCH"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::CONNECT, "CONNECT"),
+        (Method::TRACE, "TRACE"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(known, _)| known == method)
+        .map_or("OTHER", |(_, label)| label)
+}
+
+/// Bounds a request from its headers to its response (a body sent slowly included):
+/// past HTTP_REQUEST_TIMEOUT the client gets 408 and the connection is closed.
+async fn time_limit(
+    axum::extract::State(limit): axum::extract::State<std::time::Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let mut response = ApiError::RequestTimeout.into_response();
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            response
+        }
+    }
 }
 
 /// A panic is a bug: log it, answer the usual JSON 500.

@@ -219,11 +219,38 @@ pub struct ListFilter {
     /// Only this status.
     pub status: Option<&'static str>,
     /// Only this owner (customer of an order, order of a waybill).
-    pub owner: Option<String>,
+    pub owner: Option<Owner>,
     /// Only ids before this one: the cursor of the previous page.
     pub after: Option<Uuid>,
     /// Page size.
     pub limit: i64,
+}
+
+/// An owner filter already parsed as its column's type, so the database never parses
+/// client text (PostgreSQL's uuid input accepts forms Rust's parser normalises, and a
+/// text bound to a uuid column failed as a 500).
+#[derive(Debug, Clone)]
+pub enum Owner {
+    /// A text owner (the customer of an order).
+    Text(String),
+    /// A uuid owner (the order of a waybill).
+    Uuid(Uuid),
+}
+
+impl Owner {
+    fn text(&self) -> Option<&str> {
+        match self {
+            Owner::Text(text) => Some(text),
+            Owner::Uuid(_) => None,
+        }
+    }
+
+    fn uuid(&self) -> Option<Uuid> {
+        match self {
+            Owner::Uuid(id) => Some(*id),
+            Owner::Text(_) => None,
+        }
+    }
 }
 
 /// Lists entities newest first (ids are uuid v7, so id order is creation order).
@@ -237,9 +264,13 @@ pub async fn list<T: Entity>(pool: &PgPool, filter: &ListFilter) -> Result<Vec<T
          order by id desc limit $4",
         table = T::TABLE
     );
-    Ok(sqlx::query_as::<_, T>(AssertSqlSafe(sql))
-        .bind(filter.status)
-        .bind(filter.owner.as_deref())
+    let query = sqlx::query_as::<_, T>(AssertSqlSafe(sql)).bind(filter.status);
+    let owner = filter.owner.as_ref();
+    let query = match owner_type {
+        "uuid" => query.bind(owner.and_then(Owner::uuid)),
+        _ => query.bind(owner.and_then(Owner::text)),
+    };
+    Ok(query
         .bind(filter.after)
         .bind(filter.limit)
         .fetch_all(pool)

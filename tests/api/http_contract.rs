@@ -105,6 +105,7 @@ async fn malformed_json_is_400_and_oversized_bodies_413() {
         let response = app
             .client
             .post(app.url("/orders"))
+            .header("content-type", "application/json")
             .body(raw)
             .send()
             .await
@@ -117,6 +118,7 @@ async fn malformed_json_is_400_and_oversized_bodies_413() {
     let response = app
         .client
         .post(app.url("/orders"))
+        .header("content-type", "application/json")
         .body(huge)
         .send()
         .await

@@ -10,6 +10,7 @@ mod console;
 mod deadlines;
 mod dirty_db;
 mod failures;
+mod hostile;
 mod http_contract;
 mod openapi;
 mod timers;

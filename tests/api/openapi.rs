@@ -613,7 +613,11 @@ async fn orders_answer_as_documented(app: &TestApp, c: &Caller<'_>) {
         (status.as_u16(), bad_key["error"]["field"].as_str()),
         (422, Some("Idempotency-Key"))
     );
-    let raw = |body: String| c.request(&M::POST, "/orders", "/orders").body(body);
+    let raw = |body: String| {
+        c.request(&M::POST, "/orders", "/orders")
+            .header("content-type", "application/json")
+            .body(body)
+    };
     let (status, _) = c.send(&M::POST, "/orders", raw("{".into())).await;
     assert_eq!(status.as_u16(), 400);
     let (status, _) = c
@@ -822,7 +826,9 @@ async fn waybills_answer_as_documented(app: &TestApp, c: &Caller<'_>) {
         .send(
             &M::POST,
             template,
-            c.request(&M::POST, template, &accept).body("{"),
+            c.request(&M::POST, template, &accept)
+                .header("content-type", "application/json")
+                .body("{"),
         )
         .await;
     assert_eq!(status.as_u16(), 400);
@@ -831,7 +837,9 @@ async fn waybills_answer_as_documented(app: &TestApp, c: &Caller<'_>) {
         .send(
             &M::POST,
             template,
-            c.request(&M::POST, template, &accept).body(huge),
+            c.request(&M::POST, template, &accept)
+                .header("content-type", "application/json")
+                .body(huge),
         )
         .await;
     assert_eq!(status.as_u16(), 413);

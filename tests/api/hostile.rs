@@ -1,0 +1,324 @@
+//! Hostile clients and hostile messages, one test per attack (issue 13). Each attack
+//! was run against the service before its fix: memory grown without bound, connections
+//! held forever, a 500, secrets printed, huge listings, routing headers republished,
+//! messages parked on every replay, unthrottled token guessing. Each test names the
+//! attack and asserts the service's bounded answer.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{TestApp, order_body};
+
+/// The `host:port` of the instance, for raw sockets.
+fn socket_address(app: &TestApp) -> String {
+    app.instance
+        .address
+        .trim_start_matches("http://")
+        .to_owned()
+}
+
+/// Reads until the server closes the connection (or `within` passes: then `None`),
+/// returning what it sent.
+async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Option<String> {
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(String::from_utf8_lossy(&received).into()),
+            Ok(Ok(n)) => received.extend_from_slice(&buffer[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn made_up_http_methods_do_not_add_metric_series() {
+    let app = TestApp::spawn().await;
+    for n in 0..30 {
+        let method = reqwest::Method::from_bytes(format!("XABC{n}").as_bytes()).unwrap();
+        let response = app
+            .client
+            .request(method, app.url("/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !metrics.contains("method=\"XABC"),
+        "a made-up method became a label value"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("order_timeout_http_requests_total")
+                && l.contains("method=\"OTHER\"")),
+        "made-up methods are counted as OTHER"
+    );
+}
+
+#[tokio::test]
+async fn a_slowloris_sending_headers_forever_is_disconnected_by_the_default_header_timeout() {
+    // The defaults, not a test setting: nobody holds a connection past 30 s.
+    let defaults = order_timeout::config::Config::defaults();
+    let app = TestApp::spawn_with(|c| {
+        c.http_header_read_timeout = defaults.http_header_read_timeout;
+        c.http_request_timeout = defaults.http_request_timeout;
+    })
+    .await;
+    let mut stream = TcpStream::connect(socket_address(&app)).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    // One more header line every second, never the blank line that ends the headers.
+    let drip = async {
+        for n in 0.. {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if stream
+                .write_all(format!("X-Drip-{n}: y\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(32), drip).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(31),
+        "the connection was still open after 30 s"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_connection_that_never_sends_a_request_is_closed() {
+    let app = TestApp::spawn_with(|c| c.http_header_read_timeout = Duration::from_secs(1)).await;
+    let mut stream = TcpStream::connect(socket_address(&app)).await.unwrap();
+    let closed = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    assert!(closed.is_some(), "an idle socket was kept open");
+}
+
+#[tokio::test]
+async fn a_body_sent_byte_by_byte_is_cut_off_by_the_request_timeout_with_408() {
+    let app = TestApp::spawn_with(|c| c.http_request_timeout = Duration::from_secs(1)).await;
+    let mut stream = TcpStream::connect(socket_address(&app)).await.unwrap();
+    stream
+        .write_all(
+            b"POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+        )
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let drip = tokio::spawn(async move {
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if writer.write_all(b" ").await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut received))
+        .await
+        .expect("the connection was still open after 10 s");
+    let _ = read;
+    drip.abort();
+    let answer = String::from_utf8_lossy(&received);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_wait_instead_of_exhausting_the_process() {
+    let mut app = TestApp::spawn_with(|c| {
+        c.http_max_connections = 2;
+        c.http_header_read_timeout = Duration::from_secs(30);
+    })
+    .await;
+    // wait_ready's connection is idle in the client's pool: dropping that client closes it.
+    drop(std::mem::replace(&mut app.client, reqwest::Client::new()));
+    let address = socket_address(&app);
+    let client = || {
+        reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap()
+    };
+    let healthz = format!("http://{address}/healthz");
+    // Two idle sockets take both slots.
+    let _first = TcpStream::connect(&address).await.unwrap();
+    let second = TcpStream::connect(&address).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let blocked = client()
+        .get(&healthz)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await;
+    assert!(
+        blocked.is_err(),
+        "a third connection was served: {blocked:?}"
+    );
+    drop(second);
+    let served = client()
+        .get(&healthz)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("served once a slot is free");
+    assert_eq!(served.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_urn_uuid_in_a_query_is_refused_not_a_500() {
+    let app = TestApp::spawn().await;
+    for query in [
+        "/waybills?order_id=urn:uuid:67e55044-10b1-426f-9247-bb680e5fe0c8",
+        "/waybills?order_id={67e55044-10b1-426f-9247-bb680e5fe0c8}",
+        "/orders?after=urn:uuid:67e55044-10b1-426f-9247-bb680e5fe0c8",
+        "/waybills?order_id=",
+        "/orders?after=",
+        "/orders?limit=",
+        "/orders?status=",
+    ] {
+        let (status, body) = app.get(query).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {body}");
+        assert_eq!(body["error"]["code"], "validation_failed", "{query}");
+    }
+    let (status, _) = app
+        .get("/waybills?order_id=67e55044-10b1-426f-9247-bb680e5fe0c8")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn help_does_not_print_secrets_from_the_environment() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_order-timeout"))
+        .args(["serve", "--help"])
+        .env("DATABASE_URL", "postgres://app:pg-s3cret@db:5432/ot")
+        .env("AMQP_URL", "amqp://app:mq-s3cret@mq:5672/%2f")
+        .env("ADMIN_TOKEN", "admin-s3cret")
+        .env(
+            "ALERT_WEBHOOK_URL",
+            "https://hook/?access_token=hook-s3cret",
+        )
+        .env("ALERT_WEBHOOK_SECRET", "sign-s3cret")
+        .output()
+        .await
+        .unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        help.contains("DATABASE_URL") && help.contains("ADMIN_TOKEN"),
+        "{help}"
+    );
+    assert!(!help.contains("s3cret"), "a secret was printed:\n{help}");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_order-timeout"))
+        .args(["migrate", "--help"])
+        .env("DATABASE_URL", "postgres://app:pg-s3cret@db:5432/ot")
+        .output()
+        .await
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("s3cret"));
+}
+
+#[tokio::test]
+async fn a_cross_site_text_plain_or_form_post_is_refused_with_415() {
+    let app = TestApp::spawn().await;
+    let body = serde_json::to_string(&order_body()).unwrap();
+    for content_type in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        None,
+    ] {
+        let mut request = app.client.post(app.url("/orders")).body(body.clone());
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{content_type:?}"
+        );
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], "unsupported_media_type");
+    }
+    assert_eq!(app.count_orders("pending").await, 0);
+    // JSON (with a charset) is accepted, and an action without a body needs no type.
+    let response = app
+        .client
+        .post(app.url("/orders"))
+        .header("content-type", "application/json; charset=utf-8")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let order: Value = response.json().await.unwrap();
+    let cancel = app
+        .client
+        .post(app.url(&format!("/orders/{}/cancel", order["id"].as_str().unwrap())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), StatusCode::OK);
+    let cancel = app
+        .client
+        .post(app.url(&format!("/orders/{}/cancel", order["id"].as_str().unwrap())))
+        .header("content-type", "text/plain")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+}
+
+#[tokio::test]
+async fn guessing_the_admin_token_is_throttled_per_client_with_429() {
+    let app = TestApp::spawn_with(|c| c.admin_auth_failures_per_minute = 5).await;
+    let url = app.url("/admin/failed-messages");
+    for guess in 0..5 {
+        let response = app
+            .client
+            .get(&url)
+            .bearer_auth(format!("guess-{guess}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+    for token in ["guess-6", "test-admin-token"] {
+        let response = app
+            .client
+            .get(&url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::TOO_MANY_REQUESTS,
+            "even the right token waits out the window, or guessing would go on"
+        );
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], "too_many_requests");
+    }
+    // The public API is not affected.
+    let (status, _) = app.post("/orders", json!(order_body())).await;
+    assert_eq!(status, StatusCode::CREATED);
+}
