@@ -255,11 +255,15 @@ impl DeliveryRouter {
     }
 }
 
-/// Properties for a republished copy: persistent, same id and type, no expiration.
+/// The only headers a republished copy carries: the ones this service writes and reads.
+const REPUBLISHED_HEADERS: [&str; 4] = [RETRY_COUNT, LAST_ERROR, FIRST_FAILED_AT, PARKED_FROM];
+
+/// Properties for a republished copy: persistent, same id and type, no expiration, and
+/// only our own headers (never a client's `CC`/`BCC` routing headers).
 pub fn republished(original: &BasicProperties, headers: FieldTable) -> BasicProperties {
     let mut properties = BasicProperties::default()
         .with_delivery_mode(PERSISTENT)
-        .with_headers(headers);
+        .with_headers(headers::known_only(&headers, &REPUBLISHED_HEADERS));
     if let Some(id) = original.message_id() {
         properties = properties.with_message_id(id.clone());
     }

@@ -21,6 +21,20 @@ const BROKER_OWNED: [&str; 7] = [
     "x-last-death-reason",
 ];
 
+/// A copy of `table` with only the headers named in `known`. A republished message
+/// carries only what the service itself reads: a client's `CC`/`BCC` (which RabbitMQ
+/// routes on) or any other header would otherwise be re-sent by the service, copying
+/// the message wherever its publisher chose.
+pub fn known_only(table: &FieldTable, known: &[&str]) -> FieldTable {
+    let mut kept = FieldTable::default();
+    for (key, value) in table.inner() {
+        if known.contains(&key.as_str()) {
+            kept.insert(key.clone(), value.clone());
+        }
+    }
+    kept
+}
+
 /// Converts headers to JSON: numbers stay numbers, byte strings become text when UTF-8
 /// and an array of bytes otherwise.
 pub fn to_json(table: &FieldTable) -> Value {
@@ -56,10 +70,12 @@ fn value_to_json(value: &AMQPValue) -> Value {
     }
 }
 
+/// Text when the bytes are UTF-8 without NUL (PostgreSQL's jsonb cannot hold a NUL),
+/// else the bytes as numbers: either way storable, and nothing is lost.
 fn bytes_to_json(bytes: &[u8]) -> Value {
     match std::str::from_utf8(bytes) {
-        Ok(text) => Value::String(text.to_owned()),
-        Err(_) => Value::Array(bytes.iter().map(|b| Value::from(*b)).collect()),
+        Ok(text) if !text.contains('\0') => Value::String(text.to_owned()),
+        _ => Value::Array(bytes.iter().map(|b| Value::from(*b)).collect()),
     }
 }
 
@@ -146,6 +162,17 @@ mod tests {
     }
 
     #[test]
+    fn only_known_headers_are_kept_for_a_republish() {
+        let mut table = FieldTable::default();
+        table.insert("CC".into(), long_string("elsewhere"));
+        table.insert("BCC".into(), long_string("elsewhere"));
+        table.insert(RETRY_COUNT.into(), AMQPValue::LongLongInt(2));
+        let kept = known_only(&table, &[RETRY_COUNT, LAST_ERROR]);
+        assert_eq!(kept.inner().len(), 1);
+        assert_eq!(integer(Some(&kept), RETRY_COUNT), Some(2));
+    }
+
+    #[test]
     fn non_utf8_header_bytes_are_kept_as_numbers() {
         let mut table = FieldTable::default();
         table.insert(
@@ -153,5 +180,7 @@ mod tests {
             AMQPValue::LongString(LongString::from(vec![0xff, 0x00])),
         );
         assert_eq!(to_json(&table)["raw"], serde_json::json!([255, 0]));
+        table.insert("nul".into(), long_string("a\0b"));
+        assert_eq!(to_json(&table)["nul"], serde_json::json!([97, 0, 98]));
     }
 }

@@ -56,6 +56,12 @@ impl RequiredText {
                 "must not contain control characters",
             ));
         }
+        if text.chars().any(is_invisible) {
+            return Err(FieldError::new(
+                field,
+                "must not contain invisible characters (bidi overrides, zero-width)",
+            ));
+        }
         Ok(Self(text.to_owned()))
     }
 
@@ -63,6 +69,29 @@ impl RequiredText {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Whether `c` is an invisible formatting character: bidi embeddings, overrides and
+/// isolates (which reorder what an operator reads, e.g. in the console), zero-width
+/// characters and joiners, the byte-order mark, soft hyphen, invisible operators, line
+/// and paragraph separators, and tag characters. Two ids that look alike must be alike.
+pub fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{E0000}'..='\u{E007F}'
+    )
 }
 
 /// Who placed an order.
@@ -290,6 +319,13 @@ mod tests {
         );
         assert!(RequiredText::parse("f", Some(&json!("   "))).is_err());
         assert!(RequiredText::parse("f", Some(&json!("a\u{0}b"))).is_err());
+        for invisible in ["a\u{202E}b", "a\u{200B}b", "\u{FEFF}ab", "a\u{2066}b"] {
+            assert!(
+                RequiredText::parse("f", Some(&json!(invisible))).is_err(),
+                "{invisible:?}"
+            );
+        }
+        assert!(RequiredText::parse("f", Some(&json!("Zürich 東京 🚚"))).is_ok());
         assert!(RequiredText::parse("f", Some(&json!("x".repeat(201)))).is_err());
     }
 }

@@ -10,6 +10,7 @@ mod waybill;
 pub use deadline::{BulkExtension, Extension, parse_seconds};
 pub use fields::{
     CarrierId, Currency, CustomerId, FieldError, Items, LineItem, Money, Place, RequiredText,
+    is_invisible,
 };
 pub use order::{NewOrder, Order, OrderStatus};
 pub use waybill::{NewWaybill, Waybill, WaybillStatus, parse_acceptance};

@@ -76,19 +76,56 @@ pub async fn insert(pool: &PgPool, failure: &NewFailure) -> Result<Uuid, StoreEr
          values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, coalesce($11, now()), now())",
     )
     .bind(id)
-    .bind(&failure.queue)
-    .bind(&failure.exchange)
-    .bind(&failure.routing_key)
-    .bind(&failure.headers)
+    .bind(storable_text(&failure.queue))
+    .bind(storable_text(&failure.exchange))
+    .bind(storable_text(&failure.routing_key))
+    .bind(storable_json(&failure.headers))
     .bind(&failure.body)
-    .bind(&failure.message_id)
-    .bind(&failure.error)
+    .bind(failure.message_id.as_deref().map(storable_text))
+    .bind(storable_text(&failure.error))
     .bind(failure.error_class)
     .bind(failure.attempts)
     .bind(failure.first_failed_at)
     .execute(pool)
     .await?;
     Ok(id)
+}
+
+/// Text as a `text` column can hold it and an operator can read it: NUL (which
+/// PostgreSQL refuses, so the message was parked again on every replay), other control
+/// characters and invisible ones (bidi overrides, zero-width) are written as `\u{…}`
+/// escapes; tab and newline stay.
+pub fn storable_text(text: &str) -> String {
+    let hidden =
+        |c: char| (c.is_control() && c != '\n' && c != '\t') || crate::domain::is_invisible(c);
+    if !text.chars().any(hidden) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if hidden(c) {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// A JSON document as `jsonb` can hold it: NUL in a key or a string (refused by
+/// PostgreSQL) is written as the escape `\u{0}`.
+pub fn storable_json(value: &Value) -> Value {
+    let clean = |text: &str| text.replace('\0', "\\u{0}");
+    match value {
+        Value::String(text) => Value::String(clean(text)),
+        Value::Array(items) => Value::Array(items.iter().map(storable_json).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(key, value)| (clean(key), storable_json(value)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
 }
 
 /// Filters of the admin listing.

@@ -6,12 +6,18 @@
 
 use std::time::Duration;
 
-use reqwest::StatusCode;
+use lapin::BasicProperties;
+use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{TestApp, order_body};
+use crate::helpers::{TestApp, order_body, poll};
+
+/// How long a message takes at most through the service on a loaded machine.
+const WITHIN: Duration = Duration::from_secs(20);
 
 /// The `host:port` of the instance, for raw sockets.
 fn socket_address(app: &TestApp) -> String {
@@ -321,4 +327,81 @@ async fn guessing_the_admin_token_is_throttled_per_client_with_429() {
     // The public API is not affected.
     let (status, _) = app.post("/orders", json!(order_body())).await;
     assert_eq!(status, StatusCode::CREATED);
+}
+
+/// Publishes `body` into the due queue as a hostile publisher would, with `headers`.
+async fn publish_into_due_queue(app: &TestApp, body: &[u8], message_id: &str, headers: FieldTable) {
+    let properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_message_id(message_id.into())
+        .with_headers(headers);
+    app.channel()
+        .await
+        .basic_publish(
+            "".into(),
+            app.topology.due_queue.as_str().into(),
+            BasicPublishOptions::default(),
+            body,
+            properties,
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+/// The failed-message rows (listing view), once there are `count` of them.
+async fn failed_rows_once(app: &TestApp, count: usize) -> Vec<Value> {
+    poll(WITHIN, || async {
+        let (status, page) = app
+            .admin(Method::GET, "/admin/failed-messages?limit=200")
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let rows = page["items"].as_array().unwrap().clone();
+        (rows.len() >= count).then_some(rows)
+    })
+    .await
+    .unwrap_or_else(|| panic!("{count} failed message(s) never stored"))
+}
+
+#[tokio::test]
+async fn a_cc_routing_header_is_not_republished_by_a_requeue() {
+    let app = TestApp::spawn().await;
+    let spy = format!("{}.test.spy", app.topology.prefix);
+    let channel = app.channel().await;
+    channel
+        .queue_declare(
+            spy.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "CC".into(),
+        AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::LongString(
+            LongString::from(spy.as_bytes().to_vec()),
+        )])),
+    );
+    publish_into_due_queue(&app, b"not a timer", "cc-1", headers).await;
+    let rows = failed_rows_once(&app, 1).await;
+    // The publisher's own copy reached the spy; that one is the publisher's doing.
+    app.drain(&spy).await;
+    let id = rows[0]["id"].as_str().unwrap();
+    let (status, _) = app
+        .admin(
+            Method::POST,
+            &format!("/admin/failed-messages/{id}/requeue"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // Requeued, consumed and failed again: the service's publish is done.
+    let rows = failed_rows_once(&app, 2).await;
+    assert_eq!(
+        app.queue_depth(&spy).await,
+        0,
+        "the service copied the message to CC"
+    );
+    assert!(rows[0]["headers"].get("CC").is_none(), "{}", rows[0]);
 }
