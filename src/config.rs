@@ -88,7 +88,7 @@ pub struct Config {
     pub alert_webhook_url: Option<String>,
 
     /// How long to try to reach the broker before giving up and exiting; 0 = forever.
-    #[arg(long, env = "RECONNECT_MAX", default_value = "0", value_parser = parse_duration)]
+    #[arg(long, env = "RECONNECT_MAX", default_value = "0", value_parser = parse_duration_or_zero)]
     pub reconnect_max: Duration,
 
     /// Largest number of PostgreSQL connections this instance opens.
@@ -124,12 +124,12 @@ pub struct Config {
     /// A transaction whose client stays silent this long is ended by PostgreSQL and its row
     /// locks released (`idle_in_transaction_session_timeout`); bounds how long a vanished
     /// client blocks the rows it locked. 0 disables.
-    #[arg(long, env = "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", default_value = "30s", value_parser = parse_duration_or_zero)]
     pub database_idle_in_transaction_timeout: Duration,
 
     /// Silence after which PostgreSQL probes a client with TCP keepalives
     /// (`tcp_keepalives_idle`; 0 = the operating system's default, about 2 h).
-    #[arg(long, env = "DATABASE_KEEPALIVE_IDLE", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "DATABASE_KEEPALIVE_IDLE", default_value = "10s", value_parser = parse_duration_or_zero)]
     pub database_keepalive_idle: Duration,
 
     /// Time between unanswered keepalive probes (`tcp_keepalives_interval`).
@@ -142,7 +142,7 @@ pub struct Config {
 
     /// How often a running query checks that its client is still connected
     /// (`client_connection_check_interval`, PostgreSQL 14+; 0 disables).
-    #[arg(long, env = "DATABASE_CONNECTION_CHECK_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "DATABASE_CONNECTION_CHECK_INTERVAL", default_value = "5s", value_parser = parse_duration_or_zero)]
     pub database_connection_check_interval: Duration,
 
     /// A background loop (consumer, relay, sweeper, broker supervisor) busy this long
@@ -309,16 +309,25 @@ impl Config {
     }
 }
 
-/// Parses `1500ms`, `5s`, `30m` and rejects zero, since a zero timeout or delay is a mistake.
+/// Parses `1500ms`, `5s`, `30m` for a setting where zero is a mistake (a timeout, a
+/// delay, an interval): zero in any spelling (`0`, `0s`, `0ms`) is refused at start-up.
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text.trim()).map_err(|e| e.to_string())?;
-    if text.trim() == "0" {
-        return Ok(Duration::ZERO);
-    }
+    let duration = parse_duration_or_zero(text)?;
     if duration.is_zero() {
         return Err("must be longer than zero".into());
     }
     Ok(duration)
+}
+
+/// Parses a duration for a setting whose help says what zero means (`RECONNECT_MAX`: keep
+/// trying forever; the PostgreSQL session limits: disabled or the system default). A bare
+/// `0` is accepted as well as `0s`.
+fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(text).map_err(|e| e.to_string())
 }
 
 /// Queue names allow only a safe alphabet, so a prefix can never break a name.
@@ -342,10 +351,57 @@ mod tests {
     #[test]
     fn durations_parse_like_the_documentation_says() {
         assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
-        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        assert!(parse_duration("0s").is_err());
+        assert_eq!(parse_duration(" 30m "), Ok(Duration::from_secs(1800)));
         assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_duration_or_zero("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration_or_zero("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration_or_zero("5s"), Ok(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn zero_is_refused_in_every_spelling_where_it_makes_no_sense() {
+        for zero in ["0", "0s", "0ms", " 0 "] {
+            assert!(parse_duration(zero).is_err(), "{zero:?} accepted");
+        }
+    }
+
+    /// Settings parsed from the command line the way the service reads them: zero is
+    /// refused for a timeout, a delay or an interval, and accepted where its help says
+    /// what zero means.
+    #[test]
+    fn zero_is_accepted_only_where_it_means_something() {
+        use clap::{Command, FromArgMatches};
+        let parse = |args: &[&str]| {
+            let command = Config::augment_args(Command::new("serve"));
+            let matches = command
+                .try_get_matches_from(std::iter::once("serve").chain(args.iter().copied()))?;
+            Config::from_arg_matches(&matches)
+        };
+        for refused in [
+            "--order-timeout=0",
+            "--waybill-timeout=0s",
+            "--max-timeout=0",
+            "--retry-delays=1s,0,5s",
+            "--sweep-interval=0",
+            "--sweep-grace=0ms",
+            "--database-acquire-timeout=0",
+            "--database-call-timeout=0",
+            "--liveness-timeout=0",
+            "--shutdown-timeout=0",
+        ] {
+            assert!(parse(&[refused]).is_err(), "{refused} accepted");
+        }
+        let config = parse(&[
+            "--reconnect-max=0",
+            "--database-idle-in-transaction-timeout=0",
+            "--database-keepalive-idle=0s",
+            "--database-connection-check-interval=0",
+        ])
+        .expect("zero means forever / disabled / the system default here");
+        assert!(config.reconnect_max.is_zero());
+        assert!(config.database_idle_in_transaction_timeout.is_zero());
+        assert!(config.database_keepalive_idle.is_zero());
+        assert!(config.database_connection_check_interval.is_zero());
     }
 
     #[test]

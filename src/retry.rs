@@ -15,6 +15,7 @@ use crate::alert::{Alert, Alerter};
 use crate::broker::headers::{self, FIRST_FAILED_AT, LAST_ERROR, RETRY_COUNT};
 use crate::broker::{Broker, Outgoing, PERSISTENT};
 use crate::store::CallLimit;
+use crate::store::ErrorClass;
 use crate::store::failed::{self, NewFailure};
 
 /// Pause before a delivery with no reachable home is handed back to the broker.
@@ -67,7 +68,7 @@ impl DeliveryRouter {
                 {
                     Some(delay_ms) => self.retry(&delivery, attempts, delay_ms, &error).await,
                     None => {
-                        self.fail(&delivery, &error, "transient", attempts + 1)
+                        self.fail(&delivery, &error, ErrorClass::Transient, attempts + 1)
                             .await
                     }
                 }
@@ -76,7 +77,7 @@ impl DeliveryRouter {
                 let attempts = headers::integer(delivery.properties.headers().as_ref(), RETRY_COUNT)
                     .unwrap_or(0)
                     .max(0) as usize;
-                self.fail(&delivery, &error, "permanent", attempts + 1)
+                self.fail(&delivery, &error, ErrorClass::Permanent, attempts + 1)
                     .await
             }
         };
@@ -154,7 +155,7 @@ impl DeliveryRouter {
         &self,
         delivery: &Delivery,
         error: &str,
-        class: &'static str,
+        class: ErrorClass,
         attempts: usize,
     ) -> bool {
         let table = delivery.properties.headers().clone().unwrap_or_default();
@@ -179,9 +180,9 @@ impl DeliveryRouter {
         let storing = failed::insert(&self.pool, &failure);
         match self.call_limit.run("failed_insert", storing).await {
             Ok(id) => {
-                metrics::counter!("order_timeout_failed_messages_total", "class" => class)
+                metrics::counter!("order_timeout_failed_messages_total", "class" => class.as_str())
                     .increment(1);
-                tracing::error!(failed_message_id = %id, message_id = ?failure.message_id, class, attempts, error, "message failed for good, stored for an operator");
+                tracing::error!(failed_message_id = %id, message_id = ?failure.message_id, class = class.as_str(), attempts, error, "message failed for good, stored for an operator");
                 self.alerter.send(Alert {
                     queue: failure.queue,
                     message_id: failure.message_id,

@@ -23,7 +23,7 @@ use crate::broker::headers;
 use crate::broker::{Outgoing, PublishError};
 use crate::domain::FieldError;
 use crate::retry::{PARKED_FROM, republished};
-use crate::store::failed::{self, FailedFilter, FailedMessage};
+use crate::store::failed::{self, FailedFilter, FailedMessage, FailedStatus};
 
 /// Rows requeued per transaction by "requeue all".
 const REQUEUE_BATCH: i64 = 200;
@@ -129,14 +129,9 @@ async fn list(
     let page = query.page()?;
     let status = match query.get("status") {
         None => None,
-        Some("pending") => Some("pending"),
-        Some("requeued") => Some("requeued"),
-        Some("discarded") => Some("discarded"),
-        Some(_) => {
-            return Err(
-                FieldError::new("status", "must be one of pending, requeued, discarded").into(),
-            );
-        }
+        Some(name) => Some(FailedStatus::parse(name).ok_or_else(|| {
+            FieldError::new("status", "must be one of pending, requeued, discarded")
+        })?),
     };
     let filter = FailedFilter {
         status,
@@ -174,14 +169,14 @@ async fn requeue_one(
     let row = failed::lock(&mut tx, id)
         .await?
         .ok_or(ApiError::NotFound("failed message not found"))?;
-    if row.status != "pending" {
+    if row.status != FailedStatus::Pending {
         return Err(ApiError::conflict(
             "already_resolved",
-            format!("the message was already {}", row.status),
+            format!("the message was already {}", row.status.as_str()),
         ));
     }
     republish(&state, std::slice::from_ref(&row)).await?;
-    failed::resolve(&mut tx, &[id], "requeued").await?;
+    failed::resolve(&mut tx, &[id], FailedStatus::Requeued).await?;
     tx.commit().await.map_err(crate::store::StoreError::from)?;
     metrics::counter!("order_timeout_requeued_total", "source" => "failed_messages").increment(1);
     tracing::info!(failed_message_id = %id, message_id = ?row.message_id, queue = %row.queue, "admin requeued a failed message");
@@ -213,7 +208,7 @@ async fn requeue_all(
         }
         republish(&state, &rows).await?;
         let ids: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
-        failed::resolve(&mut tx, &ids, "requeued").await?;
+        failed::resolve(&mut tx, &ids, FailedStatus::Requeued).await?;
         tx.commit().await.map_err(crate::store::StoreError::from)?;
         requeued += rows.len();
         for row in &rows {
@@ -272,15 +267,15 @@ async fn discard(
     let row = failed::lock(&mut tx, id)
         .await?
         .ok_or(ApiError::NotFound("failed message not found"))?;
-    match row.status.as_str() {
-        "pending" => {
-            failed::resolve(&mut tx, &[id], "discarded").await?;
+    match row.status {
+        FailedStatus::Pending => {
+            failed::resolve(&mut tx, &[id], FailedStatus::Discarded).await?;
             tx.commit().await.map_err(crate::store::StoreError::from)?;
             tracing::info!(failed_message_id = %id, message_id = ?row.message_id, "admin discarded a failed message");
             Ok(StatusCode::NO_CONTENT)
         }
-        "discarded" => Ok(StatusCode::NO_CONTENT),
-        _ => Err(ApiError::conflict(
+        FailedStatus::Discarded => Ok(StatusCode::NO_CONTENT),
+        FailedStatus::Requeued => Err(ApiError::conflict(
             "already_resolved",
             "the message was already requeued",
         )),

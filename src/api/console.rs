@@ -34,6 +34,7 @@ use crate::store::console::{
 };
 use crate::store::deadlines::{self, HistoryEntry};
 use crate::store::entities;
+use crate::store::failed::FailedStatus;
 
 /// The page and its assets, compiled in: no build step, no CDN, works offline.
 const INDEX_HTML: &str = include_str!("console/index.html");
@@ -171,7 +172,7 @@ async fn overview(
     }
     let unresolved = failed
         .iter()
-        .filter(|c| c.status == "pending")
+        .filter(|c| c.status == FailedStatus::Pending)
         .map(|c| c.count)
         .sum();
     Ok(Json(Overview {
@@ -379,8 +380,6 @@ async fn lookup(
 }
 
 fn to_value(entity: &impl Serialize) -> Result<Value, ApiError> {
-    serde_json::to_value(entity).map_err(|error| {
-        tracing::error!(%error, "could not serialise an entity");
-        ApiError::Internal
-    })
+    serde_json::to_value(entity)
+        .map_err(|error| ApiError::internal(format!("could not serialise an entity: {error}")))
 }

@@ -120,7 +120,9 @@ async fn extend<T: Entity>(
                 )
                 .into());
             }
-            Err(ApiError::Internal)
+            Err(ApiError::internal(format!(
+                "{kind} {id}: extension not applied, yet pending, not expired and within MAX_TIMEOUT"
+            )))
         }
         Extended::NotFound => Err(ApiError::NotFound(not_found(T::KIND))),
     }

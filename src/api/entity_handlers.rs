@@ -48,8 +48,8 @@ pub async fn create<N: NewEntity>(
         tracing::info!(entity_id = %id, kind = kind.as_str(), expires_at = %created.entity.expires_at(), "created");
         StatusCode::CREATED
     };
-    let location =
-        HeaderValue::from_str(&format!("/{scope}/{id}")).map_err(|_| ApiError::Internal)?;
+    let location = HeaderValue::from_str(&format!("/{scope}/{id}"))
+        .map_err(|e| ApiError::internal(format!("Location of {scope}/{id}: {e}")))?;
     Ok((status, [(header::LOCATION, location)], Json(created.entity)).into_response())
 }
 
@@ -93,7 +93,8 @@ fn idempotency_key(
         })?;
     // The parsed document, re-serialised with sorted keys: the same JSON with other
     // whitespace or key order is the same request.
-    let canonical = serde_json::to_vec(&body.value).map_err(|_| ApiError::Internal)?;
+    let canonical = serde_json::to_vec(&body.value)
+        .map_err(|e| ApiError::internal(format!("re-serialising a parsed body: {e}")))?;
     Ok(Some(IdempotencyKey::new(scope, key.to_owned(), &canonical)))
 }
 

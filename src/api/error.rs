@@ -64,9 +64,10 @@ pub enum ApiError {
     /// RabbitMQ unreachable (admin requeues need it).
     #[error("broker unavailable, retry later")]
     BrokerUnavailable,
-    /// A bug; details are in the log, never in the response.
+    /// A bug or an impossible state. The cause (what happened, with the entity id where
+    /// there is one) is logged when the response is built, never sent to the client.
     #[error("internal error")]
-    Internal,
+    Internal(String),
 }
 
 impl ApiError {
@@ -93,8 +94,13 @@ impl ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
             }
             ApiError::BrokerUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable"),
-            ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
+    }
+
+    /// A 500 for a bug or an impossible state, with its cause for the log.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        ApiError::Internal(cause.to_string())
     }
 
     /// A 409 with a code and message.
@@ -108,6 +114,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::Internal(cause) = &self {
+            // The one place every internal error passes: its cause is never dropped.
+            tracing::error!(%cause, "internal error answered with 500");
+        }
         let (status, code) = self.status_and_code();
         let mut error = json!({"code": code, "message": self.to_string()});
         if let ApiError::Validation(field) = &self {
@@ -132,10 +142,7 @@ impl From<StoreError> for ApiError {
                 tracing::warn!(error = %cause, "database unavailable");
                 ApiError::DatabaseUnavailable
             }
-            StoreError::Other(cause) => {
-                tracing::error!(error = ?cause, "database error");
-                ApiError::Internal
-            }
+            StoreError::Other(cause) => ApiError::internal(format!("database error: {cause:?}")),
             StoreError::TimedOut(limit) => {
                 tracing::warn!(?limit, "database did not answer in time");
                 ApiError::DatabaseUnavailable
@@ -150,5 +157,47 @@ impl From<CreateError> for ApiError {
             CreateError::KeyReused => ApiError::IdempotencyKeyReused,
             CreateError::Store(store) => store.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Log output captured in memory.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_internal_error_logs_its_cause_and_tells_the_client_nothing_of_it() {
+        let logs = Captured::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let error = ApiError::internal("order 42: the impossible happened");
+        assert_eq!(error.to_string(), "internal error");
+        let response = tracing::subscriber::with_default(subscriber, || error.into_response());
+
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            logged.contains("order 42: the impossible happened"),
+            "cause not logged: {logged:?}"
+        );
     }
 }

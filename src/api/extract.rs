@@ -41,7 +41,9 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             return Err(ApiError::UnsupportedMediaType);
         }
         let value = if empty {
-            // An empty body on an action (pay, cancel) means "no arguments".
+            // An empty body is read as `{}`, so the domain parser names the first missing
+            // field (422 `validation_failed`) instead of a bare 400 `invalid_json`. (Pay and
+            // cancel take no body at all; they do not use this extractor.)
             Value::Object(Default::default())
         } else {
             serde_json::from_slice(&raw)
@@ -117,7 +119,8 @@ pub fn parse_uuid(text: &str) -> Option<Uuid> {
     Uuid::try_parse(text).ok()
 }
 
-/// The query string as ordered pairs; malformed encoding is a validation error.
+/// The query string as ordered, percent-decoded pairs (invalid UTF-8 is replaced, never
+/// rejected here); [`QueryPairs::checked`] refuses unknown, repeated or oversized ones.
 pub struct QueryPairs(pub Vec<(String, String)>);
 
 impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {
@@ -149,7 +152,8 @@ pub struct Page {
 pub const MAX_LIMIT: i64 = 200;
 
 impl QueryPairs {
-    /// The value of a parameter, refusing unknown parameters and repeats.
+    /// Refuses a parameter that is not in `known`, given more than once, longer than 200
+    /// characters or holding control characters, naming it in the error.
     pub fn checked(&self, known: &[&str]) -> Result<(), FieldError> {
         for (i, (key, _)) in self.0.iter().enumerate() {
             if !known.contains(&key.as_str()) {

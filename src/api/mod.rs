@@ -137,13 +137,12 @@ async fn time_limit(
     }
 }
 
-/// A panic is a bug: log it, answer the usual JSON 500.
+/// A panic is a bug: answer the usual JSON 500 (which logs the panic's message).
 fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
     let detail = panic
         .downcast_ref::<String>()
         .cloned()
         .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
         .unwrap_or_default();
-    tracing::error!(panic = %detail, "handler panicked");
-    ApiError::Internal.into_response()
+    ApiError::internal(format!("handler panicked: {detail}")).into_response()
 }

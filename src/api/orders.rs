@@ -78,7 +78,9 @@ async fn pay(
                     "the payment deadline has passed",
                 ))
             }
-            OrderStatus::Pending => Err(ApiError::Internal),
+            OrderStatus::Pending => Err(ApiError::internal(format!(
+                "order {id}: payment not applied, yet the order is pending and not expired"
+            ))),
         },
         Transition::NotFound => Err(ApiError::NotFound("order not found")),
     }

@@ -87,7 +87,9 @@ async fn accept(
                 "waybill_expired",
                 "the acceptance deadline has passed",
             )),
-            WaybillStatus::Pending => Err(ApiError::Internal),
+            WaybillStatus::Pending => Err(ApiError::internal(format!(
+                "waybill {id}: acceptance not applied, yet the waybill is pending and not expired"
+            ))),
         },
         Transition::NotFound => Err(ApiError::NotFound("waybill not found")),
     }

@@ -1,6 +1,7 @@
 //! RabbitMQ: the connection (owned by the supervisor), the topology, publishing with
 //! confirms and header conversion. The rest of the service sees `Broker::publish` and a
-//! way to follow the current session; lapin stays inside this module and the consumer.
+//! way to follow the current session. Not yet the only place lapin appears: the consumer
+//! (`timeouts`), `retry`, `outbox` and the admin API still use its types directly.
 
 mod backoff;
 mod endpoints;

@@ -9,6 +9,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::StoreError;
+use super::failed::FailedStatus;
 
 /// How many rows have one status, for one kind.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -91,8 +92,8 @@ pub async fn outbox_backlog(pool: &PgPool) -> Result<OutboxBacklog, StoreError> 
 pub struct FailedCount {
     /// The queue they failed on.
     pub queue: String,
-    /// `pending`, `requeued` or `discarded`.
-    pub status: String,
+    /// Whether an operator has dealt with them.
+    pub status: FailedStatus,
     /// How many.
     pub count: i64,
 }
@@ -300,8 +301,8 @@ pub struct FailedRef {
     pub error: String,
     /// How many times it was tried.
     pub attempts: i32,
-    /// `pending`, `requeued` or `discarded`.
-    pub status: String,
+    /// Whether an operator has dealt with it.
+    pub status: FailedStatus,
     /// When it failed for the last time.
     pub last_failed_at: DateTime<Utc>,
 }

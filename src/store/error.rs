@@ -2,8 +2,11 @@
 
 use std::borrow::Cow;
 
-/// Whether trying again later can succeed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Whether trying again later can succeed. Also stored with a failed message
+/// (`failed_messages.error_class`: `transient` when its retries were spent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
 pub enum ErrorClass {
     /// The database is down, overloaded, restarting or lost a race: retry later.
     Transient,

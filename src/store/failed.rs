@@ -6,7 +6,43 @@ use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::StoreError;
+use super::{ErrorClass, StoreError};
+
+/// Where a failed message is in an operator's hands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+pub enum FailedStatus {
+    /// Waiting for an operator: counted as unresolved, alerted on.
+    Pending,
+    /// Republished to where it failed; kept for audit.
+    Requeued,
+    /// Given up on by an operator; kept for audit.
+    Discarded,
+}
+
+impl FailedStatus {
+    /// Every status, in the order the admin API documents them.
+    pub const ALL: [FailedStatus; 3] = [
+        FailedStatus::Pending,
+        FailedStatus::Requeued,
+        FailedStatus::Discarded,
+    ];
+
+    /// The name stored in the database and shown by the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailedStatus::Pending => "pending",
+            FailedStatus::Requeued => "requeued",
+            FailedStatus::Discarded => "discarded",
+        }
+    }
+
+    /// The status of this name (a query parameter), if there is one.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == name)
+    }
+}
 
 /// A message as the failed-message store keeps it: enough to republish it exactly.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -28,16 +64,16 @@ pub struct FailedMessage {
     pub message_id: Option<String>,
     /// The last error.
     pub error: String,
-    /// `transient` (retries spent) or `permanent`.
-    pub error_class: String,
+    /// Transient (its retries were spent) or permanent.
+    pub error_class: ErrorClass,
     /// How many times it was tried.
     pub attempts: i32,
     /// When it first failed.
     pub first_failed_at: DateTime<Utc>,
     /// When it failed for the last time.
     pub last_failed_at: DateTime<Utc>,
-    /// `pending`, `requeued` or `discarded`.
-    pub status: String,
+    /// Whether an operator has dealt with it.
+    pub status: FailedStatus,
     /// When an operator requeued or discarded it.
     pub resolved_at: Option<DateTime<Utc>>,
 }
@@ -59,8 +95,8 @@ pub struct NewFailure {
     pub message_id: Option<String>,
     /// The error.
     pub error: String,
-    /// Transient or permanent.
-    pub error_class: &'static str,
+    /// Transient (retries spent) or permanent.
+    pub error_class: ErrorClass,
     /// How many times it was tried.
     pub attempts: i32,
     /// When it first failed, if an earlier attempt recorded it.
@@ -132,7 +168,7 @@ pub fn storable_json(value: &Value) -> Value {
 #[derive(Debug, Clone, Default)]
 pub struct FailedFilter {
     /// Only this status.
-    pub status: Option<&'static str>,
+    pub status: Option<FailedStatus>,
     /// Only messages from this queue.
     pub queue: Option<String>,
     /// Only rows older than this id (the cursor).
@@ -210,11 +246,11 @@ pub async fn lock_unresolved(
     .await?)
 }
 
-/// Marks rows resolved with `status` (`requeued` or `discarded`).
+/// Marks rows resolved with `status` (requeued or discarded).
 pub async fn resolve(
     tx: &mut Transaction<'_, Postgres>,
     ids: &[Uuid],
-    status: &'static str,
+    status: FailedStatus,
 ) -> Result<(), StoreError> {
     sqlx::query("update failed_messages set status = $2, resolved_at = now() where id = any($1)")
         .bind(ids)
