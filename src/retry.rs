@@ -46,6 +46,8 @@ pub struct DeliveryRouter {
     /// Bounds the failed-message insert, so a hung connection parks the message instead
     /// of holding it (and its batch) forever.
     pub call_limit: CallLimit,
+    /// Most bytes of a body stored in `failed_messages` (FAILED_MESSAGE_MAX_BODY).
+    pub failed_body_max: usize,
 }
 
 impl DeliveryRouter {
@@ -166,7 +168,8 @@ impl DeliveryRouter {
             exchange: delivery.exchange.to_string(),
             routing_key: delivery.routing_key.to_string(),
             headers: headers::to_json(&table),
-            body: delivery.data.clone(),
+            body: delivery.data[..delivery.data.len().min(self.failed_body_max)].to_vec(),
+            body_size: delivery.data.len() as i64,
             message_id: delivery
                 .properties
                 .message_id()

@@ -140,6 +140,7 @@ impl Application {
                 broker: broker.clone(),
                 alerter,
                 call_limit,
+                failed_body_max: config.failed_message_max_body,
             }),
             concurrency: usize::from(config.consumer_concurrency),
             prefetch: config.prefetch,

@@ -96,35 +96,61 @@ fn loggable_path(path: &str) -> String {
     shown
 }
 
-/// A failed message as the admin API shows it: the body as text when it is UTF-8, and
-/// always as hex, so nothing is lost.
+/// A failed message as `GET /admin/failed-messages/{id}` shows it: the body as text when
+/// it is UTF-8, and always as hex, so nothing stored is lost.
 #[derive(Debug, Serialize)]
 struct FailedView {
     #[serde(flatten)]
     message: FailedMessage,
     body: Option<String>,
     body_hex: String,
-    body_size: usize,
+    /// The stored body is only the first FAILED_MESSAGE_MAX_BODY bytes of `body_size`.
+    body_truncated: bool,
 }
 
 impl From<FailedMessage> for FailedView {
     fn from(message: FailedMessage) -> Self {
         let body = String::from_utf8(message.body.clone()).ok();
         let body_hex = message.body.iter().map(|b| format!("{b:02x}")).collect();
-        let body_size = message.body.len();
+        let body_truncated = (message.body.len() as i64) < message.body_size;
         Self {
             message,
             body,
             body_hex,
-            body_size,
+            body_truncated,
         }
+    }
+}
+
+/// A failed message in a listing: its body only as a preview of the first
+/// `failed::PREVIEW_BYTES` (text, or null when not UTF-8), so one huge message cannot
+/// make every listing (polled by the console) huge.
+#[derive(Debug, Serialize)]
+struct FailedPreview {
+    #[serde(flatten)]
+    message: FailedMessage,
+    body: Option<String>,
+}
+
+impl From<FailedMessage> for FailedPreview {
+    fn from(message: FailedMessage) -> Self {
+        let cut = (message.body.len() as i64) < message.body_size;
+        let body = match std::str::from_utf8(&message.body) {
+            Ok(text) => Some(text.to_owned()),
+            // A preview may end inside a character: keep the complete ones.
+            Err(error) if cut && error.error_len().is_none() => {
+                Some(String::from_utf8_lossy(&message.body[..error.valid_up_to()]).into_owned())
+            }
+            Err(_) => None,
+        };
+        Self { body, message }
     }
 }
 
 async fn list(
     State(state): State<AppState>,
     query: QueryPairs,
-) -> Result<Json<Listing<FailedView>>, ApiError> {
+) -> Result<Json<Listing<FailedPreview>>, ApiError> {
     query.checked(&["status", "queue", "limit", "after"])?;
     let page = query.page()?;
     let status = match query.get("status") {
@@ -142,7 +168,7 @@ async fn list(
     let rows = failed::list(&state.pool, &filter).await?;
     let listing = paged(rows, page.limit, |row| row.id);
     Ok(Json(Listing {
-        items: listing.items.into_iter().map(FailedView::from).collect(),
+        items: listing.items.into_iter().map(FailedPreview::from).collect(),
         next: listing.next,
     }))
 }
@@ -173,6 +199,12 @@ async fn requeue_one(
         return Err(ApiError::conflict(
             "already_resolved",
             format!("the message was already {}", row.status.as_str()),
+        ));
+    }
+    if (row.body.len() as i64) < row.body_size {
+        return Err(ApiError::conflict(
+            "body_truncated",
+            "only part of the body was stored; it cannot be republished",
         ));
     }
     republish(&state, std::slice::from_ref(&row)).await?;

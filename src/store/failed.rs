@@ -57,9 +57,13 @@ pub struct FailedMessage {
     pub routing_key: String,
     /// Its AMQP headers as JSON.
     pub headers: Value,
-    /// Its body, byte for byte.
+    /// Its body, byte for byte, up to FAILED_MESSAGE_MAX_BODY bytes (in a listing only
+    /// the first PREVIEW_BYTES).
     #[serde(skip)]
     pub body: Vec<u8>,
+    /// The size the body had when it failed, in bytes (larger than what is stored
+    /// when it was cut).
+    pub body_size: i64,
     /// Its `message_id` property.
     pub message_id: Option<String>,
     /// The last error.
@@ -89,8 +93,10 @@ pub struct NewFailure {
     pub routing_key: String,
     /// Its headers as JSON.
     pub headers: Value,
-    /// Its body.
+    /// Its body, already cut to the stored maximum.
     pub body: Vec<u8>,
+    /// The size the body had before it was cut.
+    pub body_size: i64,
     /// Its `message_id`.
     pub message_id: Option<String>,
     /// The error.
@@ -108,8 +114,9 @@ pub async fn insert(pool: &PgPool, failure: &NewFailure) -> Result<Uuid, StoreEr
     let id = Uuid::now_v7();
     sqlx::query(
         "insert into failed_messages (id, queue, exchange, routing_key, headers, body, message_id,
-                                      error, error_class, attempts, first_failed_at, last_failed_at)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, coalesce($11, now()), now())",
+                                      error, error_class, attempts, first_failed_at, last_failed_at,
+                                      body_size)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, coalesce($11, now()), now(), $12)",
     )
     .bind(id)
     .bind(storable_text(&failure.queue))
@@ -122,6 +129,7 @@ pub async fn insert(pool: &PgPool, failure: &NewFailure) -> Result<Uuid, StoreEr
     .bind(failure.error_class)
     .bind(failure.attempts)
     .bind(failure.first_failed_at)
+    .bind(failure.body_size)
     .execute(pool)
     .await?;
     Ok(id)
@@ -177,10 +185,17 @@ pub struct FailedFilter {
     pub limit: i64,
 }
 
-/// Lists failed messages newest first.
+/// Bytes of each body a listing reads: a page of 200 rows stays small whatever the
+/// bodies weigh (the whole body is read only by `get`).
+pub const PREVIEW_BYTES: i32 = 256;
+
+/// Lists failed messages newest first, each body cut to its first PREVIEW_BYTES.
 pub async fn list(pool: &PgPool, filter: &FailedFilter) -> Result<Vec<FailedMessage>, StoreError> {
     Ok(sqlx::query_as(
-        "select * from failed_messages
+        "select id, queue, exchange, routing_key, headers, substring(body from 1 for $5) as body,
+                body_size, message_id, error, error_class, attempts, first_failed_at,
+                last_failed_at, status, resolved_at
+         from failed_messages
          where ($1::text is null or status = $1) and ($2::text is null or queue = $2)
            and ($3::uuid is null or id < $3)
          order by id desc limit $4",
@@ -189,6 +204,7 @@ pub async fn list(pool: &PgPool, filter: &FailedFilter) -> Result<Vec<FailedMess
     .bind(filter.queue.as_deref())
     .bind(filter.after)
     .bind(filter.limit)
+    .bind(PREVIEW_BYTES)
     .fetch_all(pool)
     .await?)
 }
@@ -228,6 +244,7 @@ pub async fn newest_id(pool: &PgPool) -> Result<Option<Uuid>, StoreError> {
 }
 
 /// Locks unresolved rows up to `upto` (optionally of one queue) that no one else holds.
+/// Rows whose body was cut are left out: republishing part of a message would be wrong.
 pub async fn lock_unresolved(
     tx: &mut Transaction<'_, Postgres>,
     queue: Option<&str>,
@@ -237,6 +254,7 @@ pub async fn lock_unresolved(
     Ok(sqlx::query_as(
         "select * from failed_messages
          where status = 'pending' and ($1::text is null or queue = $1) and id <= $2
+           and octet_length(body) = body_size
          order by id limit $3 for update skip locked",
     )
     .bind(queue)

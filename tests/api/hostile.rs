@@ -405,3 +405,98 @@ async fn a_cc_routing_header_is_not_republished_by_a_requeue() {
     );
     assert!(rows[0]["headers"].get("CC").is_none(), "{}", rows[0]);
 }
+
+#[tokio::test]
+async fn a_huge_junk_message_is_stored_cut_and_listings_carry_only_a_preview() {
+    let app = TestApp::spawn_with(|c| c.failed_message_max_body = 4096).await;
+    let junk = "J".repeat(300 * 1024);
+    publish_into_due_queue(&app, junk.as_bytes(), "junk-1", FieldTable::default()).await;
+    let rows = failed_rows_once(&app, 1).await;
+    let listing = app
+        .client
+        .get(app.url("/admin/failed-messages"))
+        .bearer_auth("test-admin-token")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        listing.len() < 4096,
+        "a listing of one row weighs {} bytes",
+        listing.len()
+    );
+    assert_eq!(rows[0]["body"].as_str().unwrap().len(), 256);
+    assert!(rows[0].get("body_hex").is_none());
+    assert_eq!(rows[0]["body_size"], 300 * 1024);
+    let id = rows[0]["id"].as_str().unwrap();
+    let (status, detail) = app
+        .admin(Method::GET, &format!("/admin/failed-messages/{id}"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(detail["body"].as_str().unwrap().len(), 4096);
+    assert_eq!(detail["body_size"], 300 * 1024);
+    assert_eq!(detail["body_truncated"], true);
+    let (status, refused) = app
+        .admin(
+            Method::POST,
+            &format!("/admin/failed-messages/{id}/requeue"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert_eq!(refused["error"]["code"], "body_truncated");
+}
+
+#[tokio::test]
+async fn nul_and_invisible_characters_in_headers_are_stored_not_parked() {
+    let app = TestApp::spawn().await;
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "x-evil".into(),
+        AMQPValue::LongString(LongString::from(b"a\0b\x1b[31m".to_vec())),
+    );
+    headers.insert(
+        "x-\0key".into(),
+        AMQPValue::LongString(LongString::from("\u{202E}gnp.exe".as_bytes().to_vec())),
+    );
+    publish_into_due_queue(&app, b"\0 not a timer", "nul\0\u{200B}id", headers).await;
+    let rows = failed_rows_once(&app, 1).await;
+    assert_eq!(rows[0]["message_id"], "nul\\u{0}\\u{200b}id");
+    assert_eq!(
+        rows[0]["headers"]["x-evil"],
+        json!([97, 0, 98, 27, 91, 51, 49, 109])
+    );
+    assert_eq!(
+        app.queue_depth(&app.topology.parking_queue).await,
+        0,
+        "the message was parked instead of stored"
+    );
+}
+
+#[tokio::test]
+async fn bidi_overrides_and_zero_width_characters_are_refused_in_ids() {
+    let app = TestApp::spawn().await;
+    for (field, value) in [
+        ("customer_id", "cust\u{202E}1-tsuc"),
+        ("customer_id", "cust\u{200B}-1"),
+        ("customer_id", "\u{FEFF}cust-1"),
+    ] {
+        let mut body = order_body();
+        body[field] = json!(value);
+        let (status, error) = app.post("/orders", body).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{value:?}: {error}"
+        );
+        assert_eq!(error["error"]["field"], field);
+    }
+    let (status, error) = app
+        .post(
+            "/waybills",
+            json!({"origin": "Ham\u{2066}burg", "destination": "Lyon"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+}

@@ -971,9 +971,10 @@ async fn admin_answers_as_documented(app: &TestApp, c: &Caller<'_>) {
         .find(|row| row["id"] == json!(binary))
         .expect("binary row listed")
         .clone();
+    // A listing carries a preview only; the hex is in the detail.
     assert_eq!(
-        (&shown["body"], &shown["body_hex"], &shown["body_size"]),
-        (&Value::Null, &json!("ff0041"), &json!(3))
+        (&shown["body"], shown.get("body_hex"), &shown["body_size"]),
+        (&Value::Null, None, &json!(3))
     );
     c.expect(
         M::GET,
@@ -999,6 +1000,20 @@ async fn admin_answers_as_documented(app: &TestApp, c: &Caller<'_>) {
     assert_eq!(
         shown["body"],
         json!(r#"{"kind":"order","id":"0193a5c4-7d2e-7c3a-9f57-0b6f4c8e1a20"}"#)
+    );
+    let shown_binary = c
+        .expect(
+            M::GET,
+            one,
+            &format!("/admin/failed-messages/{binary}"),
+            None,
+            200,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (&shown_binary["body_hex"], &shown_binary["body_truncated"]),
+        (&json!("ff0041"), &json!(false))
     );
     c.expect(
         M::GET,
