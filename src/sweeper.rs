@@ -3,8 +3,8 @@
 //! after an outage). Safe on every instance: rows are claimed with SKIP LOCKED and the
 //! cancel is conditional. It also prunes old published outbox rows.
 //!
-//! A tick logs one summary line (how many it cancelled, how late the latest was), not one
-//! line per entity: after a long outage a sweep cancels millions. The ids are at debug.
+//! A tick logs one summary line (how many of each kind it cancelled, how late the latest
+//! was), not one line per entity: after a long outage a sweep cancels millions. The ids are at debug.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,8 +51,13 @@ impl Sweeper {
                 _ = tick.tick() => {}
             }
             let _busy = self.heartbeat.busy();
+            let mut tally = Tally::default();
             for kind in EntityKind::ALL {
-                self.sweep_kind(kind, &shutdown).await;
+                self.sweep_kind(kind, &mut tally, &shutdown).await;
+            }
+            tally.log();
+            if tally.orders + tally.waybills > 0 {
+                self.relay_wakeup.notify_one();
             }
             let pruning = outbox::prune(&self.pool, OUTBOX_RETENTION);
             if let Err(error) = self.call_limit.run("outbox_prune", pruning).await {
@@ -61,32 +66,22 @@ impl Sweeper {
         }
     }
 
-    /// Sweeps one kind in batches until nothing overdue is left, then logs one line.
-    async fn sweep_kind(&self, kind: EntityKind, shutdown: &CancellationToken) {
-        let mut tally = Tally::default();
+    /// Sweeps one kind in batches until nothing overdue is left, counting into `tally`.
+    async fn sweep_kind(&self, kind: EntityKind, tally: &mut Tally, shutdown: &CancellationToken) {
         while !shutdown.is_cancelled() {
             match self.sweep_batch(kind).await {
                 Ok(batch) => {
                     let full = batch.ids.len() as i64 == BATCH;
                     tally.add(kind, batch);
                     if !full {
-                        break;
+                        return;
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(%error, kind = kind.as_str(), cancelled_before = tally.count, "sweep failed, next interval retries");
-                    break;
+                    tracing::warn!(%error, kind = kind.as_str(), "sweep failed, next interval retries");
+                    return;
                 }
             }
-        }
-        if tally.count > 0 {
-            self.relay_wakeup.notify_one();
-            tracing::warn!(
-                kind = kind.as_str(),
-                cancelled = tally.count,
-                max_lateness_ms = tally.max_lateness_ms,
-                "sweeper cancelled overdue entities whose timer was lost or late"
-            );
         }
     }
 
@@ -100,11 +95,13 @@ impl Sweeper {
     }
 }
 
-/// What one tick cancelled of a kind.
+/// What one tick cancelled.
 #[derive(Debug, Default)]
 struct Tally {
-    /// Entities cancelled.
-    count: usize,
+    /// Orders cancelled.
+    orders: usize,
+    /// Waybills cancelled.
+    waybills: usize,
     /// How long past its deadline the latest of them was.
     max_lateness_ms: i64,
 }
@@ -114,7 +111,22 @@ impl Tally {
         for id in &batch.ids {
             tracing::debug!(entity_id = %id, kind = kind.as_str(), "swept");
         }
-        self.count += batch.ids.len();
+        match kind {
+            EntityKind::Order => self.orders += batch.ids.len(),
+            EntityKind::Waybill => self.waybills += batch.ids.len(),
+        }
         self.max_lateness_ms = self.max_lateness_ms.max(batch.max_lateness_ms);
+    }
+
+    /// One line per tick that cancelled anything: the timers should have, so it warns.
+    fn log(&self) {
+        if self.orders + self.waybills > 0 {
+            tracing::warn!(
+                orders = self.orders,
+                waybills = self.waybills,
+                max_lateness_ms = self.max_lateness_ms,
+                "sweeper cancelled overdue entities whose timer was lost or late"
+            );
+        }
     }
 }

@@ -141,6 +141,48 @@ mod tests {
         assert_eq!(seconds(Duration::ZERO), "0");
     }
 
+    /// Every connection of the pool carries the settings, the version-dependent ones too.
+    #[tokio::test]
+    async fn pooled_connections_carry_the_session_settings() {
+        let session = SessionSettings {
+            idle_in_transaction_timeout: Duration::from_secs(7),
+            keepalive_idle: Duration::from_secs(11),
+            keepalive_interval: Duration::from_secs(4),
+            keepalive_count: 2,
+            connection_check_interval: Duration::from_millis(1500),
+        };
+        let settings = crate::store::PoolSettings {
+            max_connections: 1,
+            acquire_timeout: Duration::from_secs(10),
+            lock_timeout: Duration::from_secs(2),
+            statement_timeout: Duration::from_secs(10),
+            session,
+        };
+        let url = "postgres://postgres@127.0.0.1:5432/postgres";
+        let pool = crate::store::connect(url, settings)
+            .await
+            .expect("local PostgreSQL");
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "select name, setting from pg_settings where name in
+               ('idle_in_transaction_session_timeout', 'tcp_keepalives_idle',
+                'tcp_keepalives_interval', 'tcp_keepalives_count', 'tcp_user_timeout',
+                'client_connection_check_interval')",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("pg_settings");
+        let rows: std::collections::HashMap<String, String> = rows.into_iter().collect();
+        let setting = |name: &str| rows.get(name).map(String::as_str);
+        assert_eq!(setting("idle_in_transaction_session_timeout"), Some("7000"));
+        assert_eq!(setting("tcp_keepalives_idle"), Some("11"));
+        assert_eq!(setting("tcp_keepalives_interval"), Some("4"));
+        assert_eq!(setting("tcp_keepalives_count"), Some("2"));
+        // idle + interval x count, in milliseconds.
+        assert_eq!(setting("tcp_user_timeout"), Some("19000"));
+        assert_eq!(setting("client_connection_check_interval"), Some("1500"));
+        pool.close().await;
+    }
+
     #[test]
     fn the_user_timeout_matches_the_keepalives_giving_up() {
         let settings = SessionSettings::default();
