@@ -24,6 +24,9 @@ use crate::store::{CallLimit, StoreError};
 const BATCH: i64 = 500;
 /// Longest sleep between two looks at the outbox when no notification arrives.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the relay counts the backlog for the `order_timeout_outbox_backlog` gauge.
+/// The relay keeps the gauge so `/metrics`, which anyone may call, runs no query.
+const BACKLOG_GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 /// Pause after a failed batch before trying again.
 const FAILURE_PAUSE: Duration = Duration::from_millis(500);
 
@@ -56,7 +59,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut failing = false;
+    let mut gauge_due = tokio::time::Instant::now();
     loop {
+        if tokio::time::Instant::now() >= gauge_due {
+            gauge_due = tokio::time::Instant::now() + BACKLOG_GAUGE_INTERVAL;
+            update_backlog_gauge(&pool, call_limit).await;
+        }
         let busy = heartbeat.busy();
         let batch = call_limit
             .run("relay_batch", relay_batch(&pool, &broker))
@@ -85,6 +93,17 @@ pub async fn run(
             _ = wakeup.notified(), if pause.is_none() => {}
             _ = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+/// Counts the unpublished rows into the backlog gauge (left as it was when the count
+/// fails: the database is then reported by `/readyz` and the relay's own warnings).
+async fn update_backlog_gauge(pool: &PgPool, call_limit: CallLimit) {
+    if let Ok(backlog) = call_limit
+        .run("outbox_backlog", outbox::backlog(pool))
+        .await
+    {
+        metrics::gauge!("order_timeout_outbox_backlog").set(backlog as f64);
     }
 }
 

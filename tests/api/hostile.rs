@@ -500,3 +500,25 @@ async fn bidi_overrides_and_zero_width_characters_are_refused_in_ids() {
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
 }
+
+#[tokio::test]
+async fn scraping_metrics_in_a_loop_runs_no_query_over_the_outbox() {
+    let app = TestApp::spawn().await;
+    // While the test holds the outbox locked, any count over it waits for the lock.
+    let mut tx = app.pool.begin().await.unwrap();
+    sqlx::query("lock table outbox in access exclusive mode")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    for _ in 0..20 {
+        let response = app.client.get(app.url("/metrics")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let took = started.elapsed();
+    tx.rollback().await.unwrap();
+    assert!(
+        took < Duration::from_secs(5),
+        "20 anonymous scrapes waited {took:?} on the database"
+    );
+}
