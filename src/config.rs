@@ -184,6 +184,11 @@ pub struct Config {
     #[arg(long, env = "IDEMPOTENCY_KEY_RETENTION", default_value = "7d", value_parser = parse_duration)]
     pub idempotency_key_retention: Duration,
 
+    /// How often idempotency keys and resolved failed messages past their retention
+    /// are deleted (in batches).
+    #[arg(long, env = "RETENTION_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    pub retention_interval: Duration,
+
     /// How long a requeued or discarded failed message is kept for audit before pruning.
     #[arg(long, env = "RESOLVED_FAILED_MESSAGE_RETENTION", default_value = "30d", value_parser = parse_duration)]
     pub resolved_failed_message_retention: Duration,

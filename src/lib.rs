@@ -34,6 +34,7 @@ pub mod config;
 pub mod domain;
 pub mod liveness;
 pub mod outbox;
+pub mod retention;
 pub mod retry;
 pub mod startup;
 pub mod store;

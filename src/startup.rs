@@ -158,6 +158,14 @@ impl Application {
             heartbeat: liveness.of(Loop::Sweeper),
         };
         workers.spawn(sweeper.run(shutdown.clone()));
+        let retention = crate::retention::Retention {
+            pool: pool.clone(),
+            interval: config.retention_interval,
+            idempotency_keys: config.idempotency_key_retention,
+            resolved_failed_messages: config.resolved_failed_message_retention,
+            call_limit,
+        };
+        workers.spawn(retention.run(shutdown.clone()));
         workers.spawn(outbox::run(
             pool.clone(),
             broker.clone(),

@@ -10,6 +10,7 @@ pub mod failed;
 pub mod idempotency;
 pub mod limit;
 pub mod outbox;
+pub mod retention;
 pub mod session;
 
 use std::str::FromStr;

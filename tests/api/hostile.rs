@@ -522,3 +522,59 @@ async fn scraping_metrics_in_a_loop_runs_no_query_over_the_outbox() {
         "20 anonymous scrapes waited {took:?} on the database"
     );
 }
+
+#[tokio::test]
+async fn idempotency_keys_and_resolved_failed_messages_do_not_pile_up_forever() {
+    let app = TestApp::spawn_with(|c| {
+        c.retention_interval = Duration::from_secs(1);
+        c.idempotency_key_retention = Duration::from_secs(2);
+        c.resolved_failed_message_retention = Duration::from_secs(2);
+    })
+    .await;
+    let response = app
+        .client
+        .post(app.url("/orders"))
+        .header("idempotency-key", "once")
+        .json(&order_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    for (status, resolved) in [("discarded", "now()"), ("pending", "null")] {
+        let sql = format!(
+            "insert into failed_messages (id, queue, exchange, routing_key, headers, body, error,
+                 error_class, attempts, first_failed_at, last_failed_at, status, resolved_at)
+             values (gen_random_uuid(), 'q', '', 'due', '{{}}', '\\x00', 'e', 'permanent', 1,
+                 now(), now(), '{status}', {resolved})"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&app.pool)
+            .await
+            .unwrap();
+    }
+    let count = |sql: &'static str| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let pruned = crate::helpers::eventually(WITHIN, || async {
+        count("select count(*) from idempotency_keys").await == 0
+            && count("select count(*) from failed_messages where status = 'discarded'").await == 0
+    })
+    .await;
+    assert!(pruned, "old keys and resolved failed messages were kept");
+    assert_eq!(
+        count("select count(*) from failed_messages where status = 'pending'").await,
+        1,
+        "an unresolved failed message is never pruned"
+    );
+    assert_eq!(
+        count("select count(*) from orders").await,
+        1,
+        "the order itself stays"
+    );
+}
