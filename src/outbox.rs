@@ -107,13 +107,16 @@ async fn update_backlog_gauge(pool: &PgPool, call_limit: CallLimit) {
     }
 }
 
-/// Claims, publishes and marks one batch; returns how many rows it published.
+/// Claims, publishes and marks one batch; returns how many rows it published. Its span
+/// (`relay_batch{rows=N}`) holds the per-row `published` lines, which name the entity.
+#[tracing::instrument(name = "relay_batch", skip_all, fields(rows = tracing::field::Empty))]
 pub async fn relay_batch(pool: &PgPool, broker: &Broker) -> Result<usize, RelayError> {
     let mut tx = pool.begin().await?;
     let rows = outbox::claim(&mut tx, BATCH).await?;
     if rows.is_empty() {
         return Ok(0);
     }
+    tracing::Span::current().record("rows", rows.len());
     let publications: Vec<Publication> =
         rows.iter().map(|row| publication_of(broker, row)).collect();
     for publication in &publications {

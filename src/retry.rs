@@ -34,6 +34,17 @@ pub enum Disposition {
     Permanent(String),
 }
 
+impl Disposition {
+    /// A short name for logs and spans.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Disposition::Rearm(_) => "rearm",
+            Disposition::Transient(_) => "transient",
+            Disposition::Permanent(_) => "permanent",
+        }
+    }
+}
+
 /// Routes the deliveries the consumer could not simply ack to their next queue (delay
 /// level, retry tier, parking) or to the failed-message store.
 pub struct DeliveryRouter {
@@ -52,7 +63,13 @@ pub struct DeliveryRouter {
 
 impl DeliveryRouter {
     /// Sends `delivery` where `disposition` says, then acks it (or nacks it back when
-    /// nowhere is reachable).
+    /// nowhere is reachable). Its span names the message (a timer's message id is its
+    /// entity's id) and the disposition.
+    #[tracing::instrument(
+        name = "route_delivery",
+        skip_all,
+        fields(message_id = %message_id(&delivery), disposition = disposition.label())
+    )]
     pub async fn dispose(&self, delivery: Delivery, disposition: Disposition) {
         let id = message_id(&delivery);
         let homed = match disposition {

@@ -133,6 +133,9 @@ impl DueConsumer {
 
     /// Handles deliveries that arrived together: one conditional UPDATE per kind, then
     /// every delivery that needs another home is routed, and the rest acked together.
+    /// Its span (`consumer_batch{deliveries=N}`) holds each entity's outcome line and the
+    /// routing spans of the deliveries that needed another home.
+    #[tracing::instrument(name = "consumer_batch", skip_all, fields(deliveries = deliveries.len()))]
     async fn handle_batch(&self, deliveries: Vec<Delivery>, ledger: &AckLedger) {
         let started = Instant::now();
         let mut by_kind: HashMap<EntityKind, Vec<(Uuid, Delivery)>> = HashMap::new();

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 
 use crate::domain::EntityKind;
@@ -237,11 +237,6 @@ enum QueueArgs {
 
 fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value.as_bytes().to_vec()))
-}
-
-/// Converts a name into the broker's short-string type.
-pub fn short(value: &str) -> ShortString {
-    value.into()
 }
 
 #[cfg(test)]
