@@ -5,13 +5,16 @@
 //!
 //! How an order travels from `POST /orders` to its cancellation:
 //!
-//! 1. [`api`] parses the request into [`domain`] values and calls [`store::entities`],
-//!    which inserts the order (pending, `expires_at = now() + ORDER_TIMEOUT` in SQL), its
-//!    timer and its `order.created` event into the outbox, in one transaction.
-//! 2. [`outbox`] (the relay), woken in-process after the commit, claims the rows with
-//!    `FOR UPDATE SKIP LOCKED` and publishes the timer with `expiration` = milliseconds
-//!    left into the cache bucket of its kind and timeout ([`broker::topology`]), waits for
-//!    the publisher confirm, then marks the rows published.
+//! 1. [`api`] parses the request into [`domain`] values and hands it to the group-commit
+//!    writer ([`store::batcher`]): requests that arrive while a write is in flight go into
+//!    the next one, and one statement inserts every order of a batch (pending,
+//!    `expires_at = now() + ORDER_TIMEOUT` in SQL) with one outbox row each carrying its
+//!    timer and its `order.created` event ([`store::entities`], [`store::outbox`]).
+//! 2. [`outbox`] (the relay holding the outbox lease), woken in-process after the commit,
+//!    reads the rows without locking them and publishes the timer with `expiration` =
+//!    milliseconds left into the cache bucket of its kind and timeout
+//!    ([`broker::topology`]) and the event, waits for the publisher confirms, then deletes
+//!    the rows.
 //! 3. RabbitMQ expires the message at the head of the bucket and dead-letters it through
 //!    the delay exchange into the due queue.
 //! 4. [`timeouts`] consumes the due queue and cancels in one conditional UPDATE (still

@@ -1,99 +1,154 @@
 //! The outbox relay: publishes what committed transactions wrote to the outbox, in id
-//! order, with publisher confirms, and only then marks the rows published. Woken by an
-//! in-process `Notify` after this instance commits outbox rows, and polls the outbox
-//! every second for rows other instances committed (or left behind when they died); rows
-//! are claimed with `FOR UPDATE SKIP LOCKED` so any number of instances relay side by
-//! side. There is no NOTIFY from the writing transactions: it would serialise their
-//! commits (migrations/0002_outbox_without_notify.sql).
+//! order, with publisher confirms, and only then deletes the rows (migrations/0004).
+//!
+//! One relay publishes at a time: the one holding the outbox lease, renewed before every
+//! batch. Rows are read without locks, so nothing is locked while the relay waits for the
+//! broker; an instance that dies or freezes (SIGSTOP, a black-holed network) stops
+//! renewing, and another takes the lease over within `LEASE_TTL` plus one poll. A frozen
+//! holder that wakes up renews before it publishes again and finds the lease gone.
+//!
+//! What consumers may rely on: at least once, and per entity in the order the changes
+//! were written (the timer and `created` before `paid`/`cancelled`/`extended`), except
+//! that a message may be delivered again after later ones when a relay died or lost its
+//! lease between publishing and deleting (the next holder publishes the batch again).
+//! A consumer keeps the newest state it saw (the payload carries the entity's status and
+//! timestamps) and ignores a repeated `message_id`.
+//!
+//! The relay is woken by the store after every commit that wrote the outbox in this
+//! process ([`outbox::written`]) and polls every `POLL_INTERVAL` for rows other instances
+//! wrote. While the broker is disconnected it touches neither the outbox nor the lease.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lapin::BasicProperties;
 use lapin::types::{FieldTable, ShortString};
+use serde_json::Value;
 use sqlx::PgPool;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::broker::{Broker, Outgoing, PERSISTENT, PublishError};
 use crate::liveness::Heartbeat;
 use crate::store::outbox::{self, Pending};
 use crate::store::{CallLimit, StoreError};
 
-/// Rows published per transaction.
+/// Rows published per batch.
 const BATCH: i64 = 500;
-/// Longest sleep between two looks at the outbox when no notification arrives.
+/// Longest sleep between two looks at the outbox when no wake-up arrives; also how often
+/// an instance without the lease tries to take it.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a lease lasts unless renewed: a dead holder is replaced within this plus one
+/// poll. Renewed before every batch, so it must exceed one batch's database work.
+const LEASE_TTL: Duration = Duration::from_secs(5);
+/// The lease's partition: one relay publishes everything (see migrations/0004).
+const PARTITION: i32 = 0;
 /// How often the relay counts the backlog for the `order_timeout_outbox_backlog` gauge.
 /// The relay keeps the gauge so `/metrics`, which anyone may call, runs no query.
 const BACKLOG_GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 /// Pause after a failed batch before trying again.
 const FAILURE_PAUSE: Duration = Duration::from_millis(500);
+/// First wait before a row that could not be published is tried again; doubles to
+/// `MAX_BACKOFF`.
+const FIRST_BACKOFF: Duration = Duration::from_secs(2);
+/// Longest wait between two tries of a row that cannot be published.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Rows held back at most; past it a failing row is simply retried with the next batch.
+const MAX_HELD_BACK: usize = 1000;
 
 /// Why a batch was not published.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
-    /// Reading or marking the rows failed.
+    /// Reading, deleting or the lease failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Publishing failed; the rows stay unpublished.
+    /// Publishing failed; the rows stay in the outbox.
     #[error(transparent)]
     Publish(#[from] PublishError),
 }
 
-impl From<sqlx::Error> for RelayError {
-    fn from(error: sqlx::Error) -> Self {
-        RelayError::Store(error.into())
-    }
+/// What one step of the relay did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Published (and deleted) this many rows.
+    Published(usize),
+    /// Another instance holds the lease.
+    NotHolder,
+    /// No broker connection: nothing was read.
+    Disconnected,
 }
 
-/// Runs the relay until `shutdown`; the batch in flight finishes first. Each batch is
-/// bounded by `call_limit` (a batch past it is dropped, its rows stay unpublished and are
-/// taken again) and marked on `heartbeat`.
+/// A relay: its identity for the lease and the rows it holds back.
+pub struct Relay {
+    /// The database.
+    pool: PgPool,
+    /// The broker.
+    broker: Broker,
+    /// Who holds the lease: a fresh id per relay.
+    holder: Uuid,
+    /// When the lease was last renewed, by this process's clock (monotonic, so a freeze
+    /// shows as time passed).
+    renewed: Option<Instant>,
+    /// Rows that failed to publish on their own, with when to try them again and how
+    /// long the next wait is.
+    held_back: HashMap<i64, (Uuid, Instant, Duration)>,
+}
+
+/// Runs the relay until `shutdown`; the batch in flight finishes first and the lease is
+/// given up, so another instance takes over at once. Each step is bounded by
+/// `call_limit` (a step past it is dropped; its rows stay in the outbox and are published
+/// again) and marked on `heartbeat`.
 pub async fn run(
     pool: PgPool,
     broker: Broker,
-    wakeup: Arc<Notify>,
     call_limit: CallLimit,
     heartbeat: Arc<Heartbeat>,
     shutdown: CancellationToken,
 ) {
+    let mut relay = Relay::new(pool, broker);
+    let mut writes = outbox::writes();
     let mut failing = false;
     let mut gauge_due = tokio::time::Instant::now();
     loop {
         if tokio::time::Instant::now() >= gauge_due {
             gauge_due = tokio::time::Instant::now() + BACKLOG_GAUGE_INTERVAL;
-            update_backlog_gauge(&pool, call_limit).await;
+            update_backlog_gauge(&relay.pool, call_limit).await;
         }
         let busy = heartbeat.busy();
-        let batch = call_limit
-            .run("relay_batch", relay_batch(&pool, &broker))
-            .await;
+        let step = call_limit.run("relay_batch", relay.step()).await;
         drop(busy);
-        let pause = match batch {
-            Ok(published) if published as i64 == BATCH => continue,
-            Ok(_) => {
+        let wait = match step {
+            Ok(Step::Published(n)) if n as i64 == BATCH => continue,
+            Ok(step) => {
                 if failing {
                     tracing::info!("outbox relay publishing again");
                     failing = false;
                 }
-                None
+                match step {
+                    Step::Published(_) => Some(POLL_INTERVAL),
+                    _ => None,
+                }
             }
             Err(error) => {
                 if !failing {
                     tracing::warn!(%error, "outbox relay cannot publish, backlog kept in the database");
                     failing = true;
                 }
+                relay.renewed = None;
                 Some(FAILURE_PAUSE)
             }
         };
-        let wait = pause.unwrap_or(POLL_INTERVAL);
+        let mut sessions = relay.broker.sessions();
         tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = wakeup.notified(), if pause.is_none() => {}
-            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => break,
+            // Woken by this process's writes only while publishing normally.
+            _ = writes.changed(), if wait == Some(POLL_INTERVAL) => {}
+            _ = sessions.changed(), if wait.is_none() => {}
+            _ = tokio::time::sleep(wait.unwrap_or(POLL_INTERVAL)) => {}
         }
     }
+    relay.release().await;
 }
 
 /// Counts the unpublished rows into the backlog gauge (left as it was when the count
@@ -107,38 +162,169 @@ async fn update_backlog_gauge(pool: &PgPool, call_limit: CallLimit) {
     }
 }
 
-/// Claims, publishes and marks one batch; returns how many rows it published. Its span
-/// (`relay_batch{rows=N}`) holds the per-row `published` lines, which name the entity.
-#[tracing::instrument(name = "relay_batch", skip_all, fields(rows = tracing::field::Empty))]
-pub async fn relay_batch(pool: &PgPool, broker: &Broker) -> Result<usize, RelayError> {
-    let mut tx = pool.begin().await?;
-    let rows = outbox::claim(&mut tx, BATCH).await?;
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    tracing::Span::current().record("rows", rows.len());
-    let publications: Vec<Publication> =
-        rows.iter().map(|row| publication_of(broker, row)).collect();
-    for publication in &publications {
-        if let Some(bucket) = &publication.declare_bucket {
-            broker.ensure_cache_queue(bucket).await?;
+impl Relay {
+    /// A relay with a fresh holder id; it holds no lease yet.
+    pub fn new(pool: PgPool, broker: Broker) -> Self {
+        Self {
+            pool,
+            broker,
+            holder: Uuid::now_v7(),
+            renewed: None,
+            held_back: HashMap::new(),
         }
     }
-    let messages: Vec<Outgoing<'_>> = publications.iter().map(Publication::outgoing).collect();
-    broker.publish(&messages).await?;
-    let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
-    outbox::mark_published(&mut tx, &ids).await?;
-    tx.commit().await?;
-    for row in &rows {
-        metrics::counter!("order_timeout_outbox_published_total", "topic" => row.topic.clone())
-            .increment(1);
-        tracing::debug!(entity_id = %row.entity_id, topic = %row.topic, key = %row.routing_key, "published");
+
+    /// Takes or renews the lease, then reads, publishes and deletes one batch. Its span
+    /// (`relay_batch{rows=N}`) holds the per-row lines, which name the entity.
+    #[tracing::instrument(name = "relay_batch", skip_all, fields(rows = tracing::field::Empty))]
+    pub async fn step(&mut self) -> Result<Step, RelayError> {
+        if !self.broker.is_connected() {
+            self.renewed = None;
+            return Ok(Step::Disconnected);
+        }
+        if !self.renew().await? {
+            return Ok(Step::NotHolder);
+        }
+        let now = Instant::now();
+        self.held_back.retain(|_, (_, retry_at, _)| *retry_at > now);
+        let skip: Vec<i64> = self.held_back.keys().copied().collect();
+        let entities: Vec<Uuid> = self
+            .held_back
+            .values()
+            .map(|(entity, _, _)| *entity)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let rows = outbox::read(&self.pool, BATCH, &skip, &entities).await?;
+        if rows.is_empty() {
+            return Ok(Step::Published(0));
+        }
+        tracing::Span::current().record("rows", rows.len());
+        // Renewed just now, unless this process was frozen since: then another relay may
+        // hold the lease and must not be doubled.
+        if !self.still_holding() && !self.renew().await? {
+            return Ok(Step::NotHolder);
+        }
+        let published = match self.publish_all(&rows).await {
+            Ok(()) => rows.iter().map(|row| row.id).collect(),
+            Err(PublishError::Unroutable(_) | PublishError::Nacked) => {
+                self.publish_one_by_one(&rows).await
+            }
+            Err(error) => return Err(error.into()),
+        };
+        outbox::delete(&self.pool, &published).await?;
+        count(&rows, &published);
+        Ok(Step::Published(rows.len()))
     }
-    Ok(rows.len())
+
+    /// Gives the lease up.
+    pub async fn release(&self) {
+        if let Err(error) = outbox::release_lease(&self.pool, PARTITION, self.holder).await {
+            tracing::debug!(%error, "outbox lease not released; it expires on its own");
+        }
+    }
+
+    async fn renew(&mut self) -> Result<bool, RelayError> {
+        let held = outbox::hold_lease(&self.pool, PARTITION, self.holder, LEASE_TTL).await?;
+        if held && self.renewed.is_none() {
+            tracing::info!(holder = %self.holder, "outbox relay holds the lease");
+        }
+        self.renewed = held.then(Instant::now);
+        Ok(held)
+    }
+
+    fn still_holding(&self) -> bool {
+        self.renewed.is_some_and(|at| at.elapsed() < LEASE_TTL / 2)
+    }
+
+    async fn publish_all(&self, rows: &[Pending]) -> Result<(), PublishError> {
+        let plans: Vec<Plan> = rows
+            .iter()
+            .flat_map(|row| plans(&self.broker, row, false))
+            .collect();
+        for plan in &plans {
+            if let Some(bucket) = &plan.declare_bucket {
+                self.broker.ensure_cache_queue(bucket).await?;
+            }
+        }
+        let messages: Vec<Outgoing<'_>> = plans.iter().map(Plan::outgoing).collect();
+        self.broker.publish(&messages).await
+    }
+
+    /// After a batch failed for some of its rows: publishes each row alone, so one bad row
+    /// does not block the rows behind it. A timer whose cache queue is missing goes to the
+    /// due queue instead (the consumer re-arms an early timer through the delay levels,
+    /// DESIGN.md rule 4). A row that still fails is held back with a growing pause, and so
+    /// are the later rows of its entity, which keeps each entity's order. Returns the ids
+    /// published.
+    async fn publish_one_by_one(&mut self, rows: &[Pending]) -> Vec<i64> {
+        let mut published = Vec::new();
+        let mut blocked: HashSet<Uuid> = HashSet::new();
+        for row in rows {
+            if blocked.contains(&row.entity_id) {
+                continue;
+            }
+            let mut outcome = self.publish_row(row, false).await;
+            if matches!(outcome, Err(PublishError::Unroutable(_))) && row.timer_bucket.is_some() {
+                tracing::warn!(entity_id = %row.entity_id, bucket = ?row.timer_bucket, "cache queue missing: timer sent to the due queue to be re-armed");
+                outcome = self.publish_row(row, true).await;
+            }
+            match outcome {
+                Ok(()) => published.push(row.id),
+                Err(error @ (PublishError::Unroutable(_) | PublishError::Nacked)) => {
+                    blocked.insert(row.entity_id);
+                    self.hold_back(row, &error);
+                }
+                // The connection went: the rest waits for the next batch.
+                Err(_) => break,
+            }
+        }
+        published
+    }
+
+    async fn publish_row(&self, row: &Pending, timer_to_due: bool) -> Result<(), PublishError> {
+        let plans = plans(&self.broker, row, timer_to_due);
+        for plan in &plans {
+            if let Some(bucket) = &plan.declare_bucket {
+                self.broker.ensure_cache_queue(bucket).await?;
+            }
+        }
+        let messages: Vec<Outgoing<'_>> = plans.iter().map(Plan::outgoing).collect();
+        self.broker.publish(&messages).await
+    }
+
+    fn hold_back(&mut self, row: &Pending, error: &PublishError) {
+        if self.held_back.len() >= MAX_HELD_BACK {
+            return;
+        }
+        let pause = self
+            .held_back
+            .get(&row.id)
+            .map_or(FIRST_BACKOFF, |(_, _, pause)| (*pause * 2).min(MAX_BACKOFF));
+        tracing::warn!(entity_id = %row.entity_id, outbox_id = row.id, %error, ?pause, "outbox row not published, held back with its entity's later rows");
+        metrics::counter!("order_timeout_outbox_held_back_total").increment(1);
+        self.held_back
+            .insert(row.id, (row.entity_id, Instant::now() + pause, pause));
+    }
 }
 
-/// Where and how one outbox row is published.
-struct Publication {
+fn count(rows: &[Pending], published: &[i64]) {
+    let published: HashSet<i64> = published.iter().copied().collect();
+    for row in rows.iter().filter(|row| published.contains(&row.id)) {
+        if row.timer_bucket.is_some() {
+            metrics::counter!("order_timeout_outbox_published_total", "topic" => "timer")
+                .increment(1);
+        }
+        if let Some(key) = &row.event_key {
+            metrics::counter!("order_timeout_outbox_published_total", "topic" => "event")
+                .increment(1);
+            tracing::debug!(entity_id = %row.entity_id, key = %key, "event published");
+        }
+    }
+}
+
+/// Where and how one message is published.
+struct Plan {
     exchange: String,
     routing_key: String,
     body: Vec<u8>,
@@ -147,7 +333,7 @@ struct Publication {
     declare_bucket: Option<String>,
 }
 
-impl Publication {
+impl Plan {
     fn outgoing(&self) -> Outgoing<'_> {
         Outgoing {
             exchange: &self.exchange,
@@ -159,46 +345,70 @@ impl Publication {
     }
 }
 
-fn publication_of(broker: &Broker, row: &Pending) -> Publication {
-    let topology = broker.topology();
-    let body = serde_json::to_vec(&row.payload).unwrap_or_default();
+/// The messages of one row: its timer (first), then its event. `timer_to_due` sends the
+/// timer to the due queue whatever its time left.
+fn plans(broker: &Broker, row: &Pending, timer_to_due: bool) -> Vec<Plan> {
+    let mut plans = Vec::with_capacity(2);
     let base = BasicProperties::default()
         .with_delivery_mode(PERSISTENT)
         .with_content_type(ShortString::from("application/json"))
         .with_timestamp(chrono::Utc::now().timestamp() as u64);
-    if row.topic == "timer" {
-        let ms_left = row.ms_left.unwrap_or(0).max(0);
-        let properties = base
-            .with_message_id(row.entity_id.to_string().into())
-            .with_headers(FieldTable::default());
-        if ms_left == 0 {
-            // Already due (published late, after an outage): straight to the due queue
-            // instead of waiting behind younger timers in the cache bucket.
-            return Publication {
-                exchange: String::new(),
-                routing_key: topology.due_queue.clone(),
-                body,
-                properties,
-                mandatory: true,
-                declare_bucket: None,
-            };
-        }
-        return Publication {
-            exchange: String::new(),
-            routing_key: topology.cache_queue(&row.routing_key),
+    if let (Some(bucket), Some(body)) = (&row.timer_bucket, &row.timer_body) {
+        plans.push(timer_plan(
+            broker,
+            row,
+            bucket,
             body,
-            properties: properties.with_expiration(ms_left.to_string().into()),
+            base.clone(),
+            timer_to_due,
+        ));
+    }
+    if let (Some(key), Some(payload)) = (&row.event_key, &row.payload) {
+        plans.push(Plan {
+            exchange: broker.topology().events_exchange.clone(),
+            routing_key: key.clone(),
+            body: serde_json::to_vec(payload).unwrap_or_default(),
+            properties: base.with_message_id(format!("{key}:{}", row.entity_id).into()),
+            // Nobody may be bound to the events exchange yet; that is not a failure.
+            mandatory: false,
+            declare_bucket: None,
+        });
+    }
+    plans
+}
+
+fn timer_plan(
+    broker: &Broker,
+    row: &Pending,
+    bucket: &str,
+    body: &Value,
+    base: BasicProperties,
+    to_due: bool,
+) -> Plan {
+    let topology = broker.topology();
+    let ms_left = row.ms_left.unwrap_or(0).max(0);
+    let properties = base
+        .with_message_id(row.entity_id.to_string().into())
+        .with_headers(FieldTable::default());
+    let body = serde_json::to_vec(body).unwrap_or_default();
+    if ms_left == 0 || to_due {
+        // Already due (published late, after an outage), or its bucket is missing: straight
+        // to the due queue instead of waiting behind younger timers in the cache bucket.
+        return Plan {
+            exchange: String::new(),
+            routing_key: topology.due_queue.clone(),
+            body,
+            properties,
             mandatory: true,
-            declare_bucket: Some(row.routing_key.clone()),
+            declare_bucket: None,
         };
     }
-    Publication {
-        exchange: topology.events_exchange.clone(),
-        routing_key: row.routing_key.clone(),
+    Plan {
+        exchange: String::new(),
+        routing_key: topology.cache_queue(bucket),
         body,
-        properties: base.with_message_id(format!("{}:{}", row.routing_key, row.entity_id).into()),
-        // Nobody may be bound to the events exchange yet; that is not a failure.
-        mandatory: false,
-        declare_bucket: None,
+        properties: properties.with_expiration(ms_left.to_string().into()),
+        mandatory: true,
+        declare_bucket: Some(bucket.to_owned()),
     }
 }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -108,14 +107,13 @@ impl Application {
             broker_stop.clone(),
         ));
         let workers = TaskTracker::new();
-        let relay_wakeup = Arc::new(Notify::new());
         let call_limit = CallLimit(config.database_call_timeout);
         let alerter = Alerter::start(config.alert_webhook_url.clone(), broker_stop.clone());
         let state = AppState {
             pool: pool.clone(),
             broker: broker.clone(),
             config: config.clone(),
-            relay_wakeup: relay_wakeup.clone(),
+            creates: store::batcher::Creates::start(&pool),
             metrics: telemetry::metrics_handle(),
             liveness: liveness.clone(),
             auth_throttle: Arc::new(api::AuthThrottle::new(
@@ -144,7 +142,6 @@ impl Application {
             }),
             concurrency: usize::from(config.consumer_concurrency),
             prefetch: config.prefetch,
-            relay_wakeup: relay_wakeup.clone(),
             call_limit,
             heartbeat: liveness.of(Loop::Consumer),
         };
@@ -153,7 +150,6 @@ impl Application {
             pool: pool.clone(),
             interval: config.sweep_interval,
             grace: config.sweep_grace,
-            relay_wakeup: relay_wakeup.clone(),
             call_limit,
             heartbeat: liveness.of(Loop::Sweeper),
         };
@@ -169,7 +165,6 @@ impl Application {
         workers.spawn(outbox::run(
             pool.clone(),
             broker.clone(),
-            relay_wakeup,
             call_limit,
             liveness.of(Loop::Relay),
             shutdown.clone(),

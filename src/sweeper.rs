@@ -1,7 +1,8 @@
 //! The backstop: every SWEEP_INTERVAL, cancel pending rows overdue by more than the
 //! grace period, whatever happened to their timer (purged queue, message published late
 //! after an outage). Safe on every instance: rows are claimed with SKIP LOCKED and the
-//! cancel is conditional. It also prunes old published outbox rows.
+//! cancel is conditional. (The outbox needs no pruning: the relay deletes what it
+//! published, migrations/0004.)
 //!
 //! A tick logs one summary line (how many of each kind it cancelled, how late the latest
 //! was), not one line per entity: after a long outage a sweep cancels millions. The ids are at debug.
@@ -10,18 +11,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::EntityKind;
 use crate::liveness::Heartbeat;
 use crate::store::expiry::{self, Swept};
-use crate::store::{CallLimit, StoreError, outbox};
+use crate::store::{CallLimit, StoreError};
 
 /// Rows cancelled per transaction.
 const BATCH: i64 = 1000;
-/// How long published outbox rows are kept for inspection.
-const OUTBOX_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// What the sweeper needs besides its pool.
 #[derive(Clone)]
@@ -32,9 +30,7 @@ pub struct Sweeper {
     pub interval: Duration,
     /// How far past its deadline a row must be before the sweeper takes it.
     pub grace: Duration,
-    /// Woken when the sweep's cancels wrote events to the outbox.
-    pub relay_wakeup: Arc<Notify>,
-    /// Bounds each sweep batch and the prune, so a hung connection cannot stop sweeping.
+    /// Bounds each sweep batch, so a hung connection cannot stop sweeping.
     pub call_limit: CallLimit,
     /// Marks each tick's work, so a wedged sweeper is noticed.
     pub heartbeat: Arc<Heartbeat>,
@@ -56,13 +52,6 @@ impl Sweeper {
                 self.sweep_kind(kind, &mut tally, &shutdown).await;
             }
             tally.log();
-            if tally.orders + tally.waybills > 0 {
-                self.relay_wakeup.notify_one();
-            }
-            let pruning = outbox::prune(&self.pool, OUTBOX_RETENTION);
-            if let Err(error) = self.call_limit.run("outbox_prune", pruning).await {
-                tracing::warn!(%error, "outbox prune failed, next interval retries");
-            }
         }
     }
 

@@ -18,7 +18,6 @@ use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use sqlx::PgPool;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -44,8 +43,6 @@ pub struct DueConsumer {
     pub concurrency: usize,
     /// Unacked deliveries the broker may push.
     pub prefetch: u16,
-    /// Wakes the outbox relay once cancels have put their events in the outbox.
-    pub relay_wakeup: Arc<Notify>,
     /// Bounds each batch's cancel, so a hung connection cannot hold a batch forever.
     pub call_limit: CallLimit,
     /// Marks batches in flight, so a wedged consumer is noticed (`/healthz`).
@@ -158,9 +155,6 @@ impl DueConsumer {
             let cancelling = expiry::cancel_if_due(&self.pool, kind, &ids);
             match self.call_limit.run("cancel_due", cancelling).await {
                 Ok(fates) => {
-                    if fates.values().any(|fate| *fate == Fate::Cancelled) {
-                        self.relay_wakeup.notify_one();
-                    }
                     split_by_fate(kind, batch, &fates, &mut done, &mut routes);
                 }
                 Err(error) => routes.extend(routes_after_store_error(batch, &error)),

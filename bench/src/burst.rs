@@ -3,7 +3,8 @@
 //! Through the API the orders could not all be created within one second, so with one
 //! ORDER_TIMEOUT their deadlines would spread over as many seconds as creating them takes.
 //! Instead the bench inserts the rows and their timers into `orders` and `outbox` in bulk,
-//! exactly as a create writes them (a pending row; a `timer` outbox row with its deadline),
+//! as a create writes them (a pending row; an outbox row with its timer, here without the
+//! `created` event),
 //! their deadlines spread evenly over one second that lies `burst_lead` ahead. From there
 //! the service does all the work: the relay publishes every timer into a cache bucket of
 //! its own, the broker dead-letters them when the second comes, the consumer cancels.
@@ -143,8 +144,8 @@ async fn insert(
                  select id, $2, 1999, 'EUR', $3 + ($4 + n - 1) * $5 * interval '1 microsecond'
                  from unnest($1::uuid[]) with ordinality as t(id, n)
                  returning id, expires_at)
-             insert into outbox (topic, routing_key, entity_id, payload, due_at)
-             select 'timer', $6, id, jsonb_build_object('kind', 'order', 'id', id), expires_at
+             insert into outbox (entity_id, timer_bucket, due_at, timer_body)
+             select id, $6, expires_at, jsonb_build_object('kind', 'order', 'id', id)
              from o order by expires_at",
         )
         .bind(&ids)

@@ -183,10 +183,9 @@ impl BenchEnv {
     pub async fn wait_outbox_drained(&self, limit: Duration) -> anyhow::Result<Option<Duration>> {
         let started = Instant::now();
         while started.elapsed() < limit {
-            let backlog: i64 =
-                sqlx::query_scalar("select count(*) from outbox where published_at is null")
-                    .fetch_one(&self.pool)
-                    .await?;
+            let backlog: i64 = sqlx::query_scalar("select count(*) from outbox")
+                .fetch_one(&self.pool)
+                .await?;
             if backlog == 0 {
                 return Ok(Some(started.elapsed()));
             }

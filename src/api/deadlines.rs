@@ -92,7 +92,6 @@ async fn extend<T: Entity>(
     .await?;
     match outcome {
         Extended::Done(entity) => {
-            state.relay_wakeup.notify_one();
             metrics::counter!("order_timeout_entities_total", "kind" => kind, "event" => "extended")
                 .increment(1);
             tracing::info!(entity_id = %id, kind, seconds = extension.seconds, expires_at = %entity.expires_at(), "deadline extended");
@@ -145,7 +144,6 @@ async fn bulk_extend(
     let outcome =
         deadlines::bulk_extend(&state.pool, &request, state.config.max_timeout, BULK_BATCH).await?;
     if outcome.extended > 0 {
-        state.relay_wakeup.notify_one();
         metrics::counter!("order_timeout_entities_total", "kind" => request.kind.as_str(), "event" => "extended")
             .increment(outcome.extended);
     }

@@ -14,7 +14,8 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{JsonBody, QueryPairs};
 use crate::domain::FieldError;
-use crate::store::entities::{self, Entity, ListFilter, NewEntity, Owner};
+use crate::store::batcher::Batched;
+use crate::store::entities::{self, CreateRequest, Entity, ListFilter, Owner};
 use crate::store::idempotency::IdempotencyKey;
 
 /// The header clients use to make a create safe to retry.
@@ -22,7 +23,7 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// Creates an entity from a request body; 201 when new, 200 when an idempotency key
 /// replays an earlier create.
-pub async fn create<N: NewEntity>(
+pub async fn create<N: Batched>(
     state: &AppState,
     headers: &HeaderMap,
     body: JsonBody,
@@ -33,17 +34,13 @@ pub async fn create<N: NewEntity>(
     let new = parse(&body.value)?;
     let kind = <N::Entity as Entity>::KIND;
     let timeout = state.config.timeout_of(kind);
-    let created = within_deadline(
-        state,
-        entities::create(&state.pool, &new, timeout, key.as_ref()),
-    )
-    .await?;
+    let request = CreateRequest { new, timeout, key };
+    let created = within_deadline(state, N::batcher(&state.creates).create(request)).await?;
     let id = created.entity.id();
     let status = if created.replayed {
         tracing::info!(entity_id = %id, kind = kind.as_str(), "create replayed from idempotency key");
         StatusCode::OK
     } else {
-        state.relay_wakeup.notify_one();
         metrics::counter!("order_timeout_entities_total", "kind" => kind.as_str(), "event" => "created").increment(1);
         tracing::info!(entity_id = %id, kind = kind.as_str(), expires_at = %created.entity.expires_at(), "created");
         StatusCode::CREATED

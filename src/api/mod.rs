@@ -23,7 +23,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
-use tokio::sync::Notify;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
@@ -44,8 +43,8 @@ pub struct AppState {
     pub broker: Broker,
     /// The settings (timeouts, admin token).
     pub config: Arc<Config>,
-    /// Wakes the outbox relay right after a commit.
-    pub relay_wakeup: Arc<Notify>,
+    /// The group-commit writers of creates.
+    pub creates: crate::store::batcher::Creates,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
     /// Whether the background loops make progress, for `/healthz` and `/metrics`.

@@ -59,7 +59,6 @@ async fn pay(
 ) -> Result<Json<Order>, ApiError> {
     match entity_handlers::within_deadline(&state, entities::pay_order(&state.pool, id)).await? {
         Transition::Done(order) => {
-            state.relay_wakeup.notify_one();
             metrics::counter!("order_timeout_entities_total", "kind" => "order", "event" => "paid")
                 .increment(1);
             tracing::info!(entity_id = %id, "order paid");
@@ -93,7 +92,6 @@ async fn cancel(
 ) -> Result<Json<Order>, ApiError> {
     match entity_handlers::within_deadline(&state, entities::cancel_order(&state.pool, id)).await? {
         Transition::Done(order) => {
-            state.relay_wakeup.notify_one();
             let reason = order.cancel_reason.clone().unwrap_or_default();
             metrics::counter!("order_timeout_cancelled_total", "kind" => "order", "reason" => reason.clone()).increment(1);
             tracing::info!(entity_id = %id, reason, "order cancelled on request");

@@ -66,7 +66,6 @@ async fn accept(
     .await?
     {
         Transition::Done(waybill) => {
-            state.relay_wakeup.notify_one();
             metrics::counter!("order_timeout_entities_total", "kind" => "waybill", "event" => "accepted").increment(1);
             tracing::info!(entity_id = %id, carrier_id = carrier.as_str(), "waybill accepted");
             Ok(Json(waybill))
@@ -104,7 +103,6 @@ async fn cancel(
         .await?
     {
         Transition::Done(waybill) => {
-            state.relay_wakeup.notify_one();
             let reason = waybill.cancel_reason.clone().unwrap_or_default();
             metrics::counter!("order_timeout_cancelled_total", "kind" => "waybill", "reason" => reason.clone()).increment(1);
             tracing::info!(entity_id = %id, reason, "waybill cancelled on request");

@@ -81,7 +81,7 @@ pub async fn outbox_backlog(pool: &PgPool) -> Result<OutboxBacklog, StoreError> 
     Ok(sqlx::query_as(
         "select count(*) as backlog,
                 floor(extract(epoch from (now() - min(created_at))) * 1000)::bigint as oldest_age_ms
-         from outbox where published_at is null",
+         from outbox",
     )
     .fetch_one(pool)
     .await?)
@@ -271,19 +271,26 @@ pub struct OutboxEntry {
     pub due_at: Option<DateTime<Utc>>,
     /// When the row was written (with the change it records).
     pub created_at: DateTime<Utc>,
-    /// When the broker confirmed it; null while in the backlog.
+    /// Always null: a row is deleted once the broker confirmed it (migrations/0004), so
+    /// only waiting rows are shown. Kept for the console's clients.
     pub published_at: Option<DateTime<Utc>>,
 }
 
-/// The outbox rows of an entity in the order they were written. Published rows are
-/// pruned after the outbox retention, so an old entity's history can be empty.
+/// The outbox entries of an entity still waiting to be published, in the order they were
+/// written (a create's row shows as its timer and its event). Published rows are deleted,
+/// so an entity whose messages all went out shows none.
 pub async fn outbox_history(
     pool: &PgPool,
     entity_id: Uuid,
 ) -> Result<Vec<OutboxEntry>, StoreError> {
     Ok(sqlx::query_as(
-        "select id, topic, routing_key, due_at, created_at, published_at
-         from outbox where entity_id = $1 order by id",
+        "select id, 'timer' as topic, timer_bucket as routing_key, due_at, created_at,
+                null::timestamptz as published_at, 0 as part
+         from outbox where entity_id = $1 and timer_bucket is not null
+         union all
+         select id, 'event', event_key, null, created_at, null, 1
+         from outbox where entity_id = $1 and event_key is not null
+         order by id, part",
     )
     .bind(entity_id)
     .fetch_all(pool)

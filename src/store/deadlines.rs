@@ -60,6 +60,7 @@ pub async fn extend<T: Entity>(
         .fetch_optional(&mut *conn)
         .await?;
     if let Some(changed) = changed {
+        outbox::written();
         return Ok(Extended::Done(changed));
     }
     let lookup = format!(
@@ -189,6 +190,9 @@ async fn bulk_extend_of<T: Entity>(
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
+        if !ids.is_empty() {
+            outbox::written();
+        }
         outcome.extended += ids.len() as u64;
         match ids.iter().max() {
             Some(last) => after = *last,

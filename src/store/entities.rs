@@ -1,6 +1,7 @@
 //! Queries shared by orders and waybills: create with timer and event, read, list,
 //! and conditional state transitions that emit their event in the same transaction.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -17,7 +18,9 @@ use super::outbox::{self, NewRow};
 use crate::domain::{EntityKind, NewOrder, NewWaybill, Order, Waybill};
 
 /// A stored entity with a deadline: what the generic queries need to know about it.
-pub trait Entity: for<'r> FromRow<'r, PgRow> + Serialize + Send + Unpin + 'static {
+pub trait Entity:
+    for<'r> FromRow<'r, PgRow> + Serialize + Clone + Send + Sync + Unpin + 'static
+{
     /// Which kind it is; names its table and its events.
     const KIND: EntityKind;
     /// The table holding it.
@@ -54,83 +57,107 @@ impl Entity for Waybill {
     }
 }
 
-/// A validated create request that knows how to insert its row.
-pub trait NewEntity: Sync {
+/// A validated create request that knows how to insert rows of its kind.
+pub trait NewEntity: Clone + Send + Sync + 'static {
     /// What the insert produces.
     type Entity: Entity;
-    /// Inserts the row with `id`, pending, its deadline `timeout` after the database's
-    /// now, with its timer and its `created` event in the outbox: one statement.
-    fn insert<'c>(
-        &'c self,
+    /// Inserts one row per `(id, request, timeout)`, pending, each deadline its timeout
+    /// after the database's now, with one outbox row each carrying its timer and its
+    /// `created` event: one statement however many rows (group commit). Returns the rows
+    /// in no particular order.
+    fn insert_many<'c>(
         conn: &'c mut PgConnection,
-        id: Uuid,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<Self::Entity, StoreError>> + Send + 'c;
+        rows: &'c [(Uuid, &'c Self, Duration)],
+    ) -> impl Future<Output = Result<Vec<Self::Entity>, StoreError>> + Send + 'c;
+}
+
+fn millis(rows: &[(Uuid, &impl NewEntity, Duration)]) -> Vec<i64> {
+    rows.iter().map(|(_, _, t)| t.as_millis() as i64).collect()
 }
 
 impl NewEntity for NewOrder {
     type Entity = Order;
-    async fn insert(
-        &self,
+    async fn insert_many(
         conn: &mut PgConnection,
-        id: Uuid,
-        timeout: Duration,
-    ) -> Result<Order, StoreError> {
+        rows: &[(Uuid, &Self, Duration)],
+    ) -> Result<Vec<Order>, StoreError> {
         static SQL: LazyLock<String> = LazyLock::new(|| {
             outbox::with_outbox(
                 EntityKind::Order,
                 "insert into orders (id, customer_id, amount_cents, currency, items, expires_at)
-                 values ($1, $2, $3, $4, $5, now() + $6::bigint * interval '1 millisecond')
+                 select id, customer_id, amount_cents, currency, items,
+                        now() + ms * interval '1 millisecond'
+                 from unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::jsonb[], $6::bigint[])
+                      as input(id, customer_id, amount_cents, currency, items, ms)
                  returning *",
                 "order.created",
-                Some(7),
+                Some(&outbox::inserted_timer_bucket(EntityKind::Order)),
                 "*",
             )
         });
-        let items = self
-            .items
-            .as_ref()
-            .map(|items| sqlx::types::Json(items.lines().to_vec()));
+        let ids: Vec<Uuid> = rows.iter().map(|(id, _, _)| *id).collect();
+        let customers: Vec<&str> = rows
+            .iter()
+            .map(|(_, n, _)| n.customer_id.as_str())
+            .collect();
+        let amounts: Vec<i64> = rows
+            .iter()
+            .map(|(_, n, _)| n.amount_cents.cents())
+            .collect();
+        let currencies: Vec<&str> = rows.iter().map(|(_, n, _)| n.currency.as_str()).collect();
+        let items: Vec<Option<serde_json::Value>> = rows
+            .iter()
+            .map(|(_, n, _)| {
+                n.items
+                    .as_ref()
+                    .and_then(|items| serde_json::to_value(items.lines()).ok())
+            })
+            .collect();
         Ok(sqlx::query_as(AssertSqlSafe(SQL.as_str()))
-            .bind(id)
-            .bind(self.customer_id.as_str())
-            .bind(self.amount_cents.cents())
-            .bind(self.currency.as_str())
-            .bind(items)
-            .bind(timeout.as_millis() as i64)
-            .bind(outbox::timer_bucket(EntityKind::Order, timeout))
-            .fetch_one(conn)
+            .bind(&ids)
+            .bind(&customers)
+            .bind(&amounts)
+            .bind(&currencies)
+            .bind(&items)
+            .bind(millis(rows))
+            .fetch_all(conn)
             .await?)
     }
 }
 
 impl NewEntity for NewWaybill {
     type Entity = Waybill;
-    async fn insert(
-        &self,
+    async fn insert_many(
         conn: &mut PgConnection,
-        id: Uuid,
-        timeout: Duration,
-    ) -> Result<Waybill, StoreError> {
+        rows: &[(Uuid, &Self, Duration)],
+    ) -> Result<Vec<Waybill>, StoreError> {
         static SQL: LazyLock<String> = LazyLock::new(|| {
             outbox::with_outbox(
                 EntityKind::Waybill,
                 "insert into waybills (id, order_id, origin, destination, expires_at)
-                 values ($1, $2, $3, $4, now() + $5::bigint * interval '1 millisecond')
+                 select id, order_id, origin, destination, now() + ms * interval '1 millisecond'
+                 from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bigint[])
+                      as input(id, order_id, origin, destination, ms)
                  returning *",
                 "waybill.created",
-                Some(6),
+                Some(&outbox::inserted_timer_bucket(EntityKind::Waybill)),
                 "*",
             )
         });
+        let ids: Vec<Uuid> = rows.iter().map(|(id, _, _)| *id).collect();
+        let orders: Vec<Option<Uuid>> = rows.iter().map(|(_, n, _)| n.order_id).collect();
+        let origins: Vec<&str> = rows.iter().map(|(_, n, _)| n.origin.as_str()).collect();
+        let destinations: Vec<&str> = rows
+            .iter()
+            .map(|(_, n, _)| n.destination.as_str())
+            .collect();
         Ok(sqlx::query_as(AssertSqlSafe(SQL.as_str()))
-            .bind(id)
-            .bind(self.order_id)
-            .bind(self.origin.as_str())
-            .bind(self.destination.as_str())
-            .bind(timeout.as_millis() as i64)
-            .bind(outbox::timer_bucket(EntityKind::Waybill, timeout))
-            .fetch_one(conn)
+            .bind(&ids)
+            .bind(&orders)
+            .bind(&origins)
+            .bind(&destinations)
+            .bind(millis(rows))
+            .fetch_all(conn)
             .await?)
     }
 }
@@ -161,48 +188,148 @@ pub struct Created<T> {
     pub replayed: bool,
 }
 
-/// Creates an entity, its timer and its `created` event: one statement, or one
-/// transaction with the idempotency key's claim.
+/// One create request of a batch.
+#[derive(Debug)]
+pub struct CreateRequest<N> {
+    /// The validated body.
+    pub new: N,
+    /// Its timeout: the deadline is this long after the database's now.
+    pub timeout: Duration,
+    /// The client's idempotency key, if it sent one. No two requests of one batch may
+    /// carry the same key (the batcher puts the second into the next batch).
+    pub key: Option<IdempotencyKey>,
+}
+
+/// Creates one entity: a batch of one.
 pub async fn create<N: NewEntity>(
     pool: &PgPool,
-    new: &N,
+    new: N,
     timeout: Duration,
-    key: Option<&IdempotencyKey>,
+    key: Option<IdempotencyKey>,
 ) -> Result<Created<N::Entity>, CreateError> {
-    let id = Uuid::now_v7();
-    let Some(key) = key else {
-        let entity = new.insert(&mut *pool.acquire().await?, id, timeout).await?;
-        return Ok(Created {
-            entity,
-            replayed: false,
-        });
+    let mut answers = create_batch(pool, vec![CreateRequest { new, timeout, key }]).await?;
+    answers.pop().ok_or(CreateError::Store(StoreError::Other(
+        sqlx::Error::RowNotFound,
+    )))?
+}
+
+/// Creates the entities of a batch with their timers and `created` events in one
+/// transaction (one statement when no request has an idempotency key), and answers each
+/// request on its own, in order: its entity, its replay, or its key's reuse. An `Err` is
+/// the database failing the whole batch; then nothing was written.
+pub async fn create_batch<N: NewEntity>(
+    pool: &PgPool,
+    requests: Vec<CreateRequest<N>>,
+) -> Result<Vec<Result<Created<N::Entity>, CreateError>>, StoreError> {
+    let ids: Vec<Uuid> = requests.iter().map(|_| Uuid::now_v7()).collect();
+    let mut conn = pool.acquire().await?;
+    let keyed = requests.iter().any(|r| r.key.is_some());
+    if keyed {
+        sqlx::query("begin").execute(&mut *conn).await?;
+    }
+    let answers = match write_batch(&mut conn, &requests, &ids).await {
+        Ok(answers) => answers,
+        Err(error) => {
+            if keyed {
+                let _ = sqlx::query("rollback").execute(&mut *conn).await;
+            }
+            return Err(error);
+        }
     };
-    let mut tx = pool.begin().await?;
-    match idempotency::claim(&mut tx, key, id).await? {
-        Claim::Fresh => {}
-        Claim::Reused => return Err(CreateError::KeyReused),
-        Claim::Replay(existing) => {
-            let entity = fetch::<N::Entity>(&mut tx, existing)
-                .await?
-                .ok_or(sqlx::Error::RowNotFound)?;
-            return Ok(Created {
-                entity,
-                replayed: true,
-            });
+    if keyed {
+        sqlx::query("commit").execute(&mut *conn).await?;
+    }
+    if answers.iter().any(|a| matches!(a, Ok(c) if !c.replayed)) {
+        outbox::written();
+    }
+    Ok(answers)
+}
+
+/// The statements of a batch: claim the keys, insert what is new, read what is replayed.
+async fn write_batch<N: NewEntity>(
+    conn: &mut PgConnection,
+    requests: &[CreateRequest<N>],
+    ids: &[Uuid],
+) -> Result<Vec<Result<Created<N::Entity>, CreateError>>, StoreError> {
+    let keys: Vec<(usize, &IdempotencyKey)> = requests
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.key.as_ref().map(|k| (i, k)))
+        .collect();
+    let claims = if keys.is_empty() {
+        Vec::new()
+    } else {
+        let pairs: Vec<(&IdempotencyKey, Uuid)> = keys.iter().map(|(i, k)| (*k, ids[*i])).collect();
+        idempotency::claim_many(conn, &pairs).await?
+    };
+    let mut claim_of: Vec<Claim> = vec![Claim::Fresh; requests.len()];
+    for ((i, _), claim) in keys.iter().zip(claims) {
+        claim_of[*i] = claim;
+    }
+    let fresh: Vec<(Uuid, &N, Duration)> = requests
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| claim_of[*i] == Claim::Fresh)
+        .map(|(i, r)| (ids[i], &r.new, r.timeout))
+        .collect();
+    let mut made: HashMap<Uuid, N::Entity> = HashMap::new();
+    if !fresh.is_empty() {
+        for entity in N::insert_many(conn, &fresh).await? {
+            made.insert(entity.id(), entity);
         }
     }
-    let entity = new.insert(&mut tx, id, timeout).await?;
-    tx.commit().await?;
-    Ok(Created {
-        entity,
-        replayed: false,
-    })
+    let replayed: Vec<Uuid> = claim_of
+        .iter()
+        .filter_map(|c| match c {
+            Claim::Replay(id) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    let mut earlier: HashMap<Uuid, N::Entity> = HashMap::new();
+    if !replayed.is_empty() {
+        for entity in fetch_many::<N::Entity>(conn, &replayed).await? {
+            earlier.insert(entity.id(), entity);
+        }
+    }
+    let missing = || CreateError::Store(StoreError::Other(sqlx::Error::RowNotFound));
+    let mut answers = Vec::with_capacity(requests.len());
+    for (i, claim) in claim_of.iter().enumerate() {
+        answers.push(
+            match claim {
+                Claim::Fresh => made.remove(&ids[i]).map(|entity| Created {
+                    entity,
+                    replayed: false,
+                }),
+                Claim::Replay(id) => earlier.get(id).cloned().map(|entity| Created {
+                    entity,
+                    replayed: true,
+                }),
+                Claim::Reused => {
+                    answers.push(Err(CreateError::KeyReused));
+                    continue;
+                }
+            }
+            .ok_or_else(missing),
+        );
+    }
+    Ok(answers)
 }
 
 /// Reads one entity.
 pub async fn get<T: Entity>(pool: &PgPool, id: Uuid) -> Result<Option<T>, StoreError> {
     let mut conn = pool.acquire().await?;
     fetch(&mut conn, id).await
+}
+
+async fn fetch_many<T: Entity>(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<Vec<T>, StoreError> {
+    let sql = format!("select * from {} where id = any($1)", T::TABLE);
+    Ok(sqlx::query_as::<_, T>(AssertSqlSafe(sql))
+        .bind(ids)
+        .fetch_all(conn)
+        .await?)
 }
 
 async fn fetch<T: Entity>(conn: &mut PgConnection, id: Uuid) -> Result<Option<T>, StoreError> {
@@ -310,6 +437,7 @@ async fn transition<T: Entity>(
     if let Some(changed) = query.fetch_optional(&mut *tx).await? {
         outbox::enqueue(&mut tx, &[NewRow::event(event, id, &changed)]).await?;
         tx.commit().await?;
+        outbox::written();
         return Ok(Transition::Done(changed));
     }
     let sql = format!(

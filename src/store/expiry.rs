@@ -56,6 +56,9 @@ async fn cancel_if_due_of<T: Entity>(
         .bind(T::KIND.timeout_reason())
         .fetch_all(pool)
         .await?;
+    if !cancelled.is_empty() {
+        outbox::written();
+    }
     let mut fates: HashMap<Uuid, Fate> = cancelled
         .into_iter()
         .map(|id| (id, Fate::Cancelled))
@@ -135,6 +138,9 @@ async fn sweep_overdue_of<T: Entity>(
         .bind(limit)
         .fetch_all(pool)
         .await?;
+    if !rows.is_empty() {
+        outbox::written();
+    }
     Ok(Swept {
         max_lateness_ms: rows.iter().map(|(_, ms)| *ms).max().unwrap_or(0),
         ids: rows.into_iter().map(|(id, _)| id).collect(),

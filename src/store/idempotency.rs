@@ -39,36 +39,65 @@ pub enum Claim {
     Reused,
 }
 
-/// Records the key for `entity_id` in the caller's transaction, or reports an earlier use.
-/// A concurrent first use blocks here until the other transaction ends.
-pub async fn claim(
+/// Records every key of a batch for its entity id in the caller's transaction, in two
+/// statements, and tells for each (in order) whether it is fresh, a replay or a reuse. The
+/// keys must differ from each other. A concurrent first use of a key blocks here until the
+/// other transaction ends.
+pub async fn claim_many(
     tx: &mut PgConnection,
-    key: &IdempotencyKey,
-    entity_id: Uuid,
-) -> Result<Claim, StoreError> {
-    let inserted = sqlx::query(
-        "insert into idempotency_keys (scope, key, request_hash, entity_id) values ($1, $2, $3, $4)
-         on conflict do nothing",
+    keys: &[(&IdempotencyKey, Uuid)],
+) -> Result<Vec<Claim>, StoreError> {
+    let scopes: Vec<&str> = keys.iter().map(|(k, _)| k.scope).collect();
+    let names: Vec<&str> = keys.iter().map(|(k, _)| k.key.as_str()).collect();
+    let hashes: Vec<&[u8]> = keys
+        .iter()
+        .map(|(k, _)| k.request_hash.as_slice())
+        .collect();
+    let ids: Vec<Uuid> = keys.iter().map(|(_, id)| *id).collect();
+    let fresh: Vec<(String, String)> = sqlx::query_as(
+        "insert into idempotency_keys (scope, key, request_hash, entity_id)
+         select * from unnest($1::text[], $2::text[], $3::bytea[], $4::uuid[])
+         on conflict do nothing
+         returning scope, key",
     )
-    .bind(key.scope)
-    .bind(&key.key)
-    .bind(&key.request_hash)
-    .bind(entity_id)
-    .execute(&mut *tx)
+    .bind(&scopes)
+    .bind(&names)
+    .bind(&hashes)
+    .bind(&ids)
+    .fetch_all(&mut *tx)
     .await?;
-    if inserted.rows_affected() == 1 {
-        return Ok(Claim::Fresh);
+    let fresh: std::collections::HashSet<(String, String)> = fresh.into_iter().collect();
+    let is_fresh = |k: &IdempotencyKey| fresh.contains(&(k.scope.to_owned(), k.key.clone()));
+    let (old_scopes, old_names): (Vec<&str>, Vec<&str>) = keys
+        .iter()
+        .filter(|(k, _)| !is_fresh(k))
+        .map(|(k, _)| (k.scope, k.key.as_str()))
+        .unzip();
+    let mut earlier = std::collections::HashMap::new();
+    if !old_names.is_empty() {
+        let rows: Vec<(String, String, Vec<u8>, Uuid)> = sqlx::query_as(
+            "select i.scope, i.key, i.request_hash, i.entity_id
+             from idempotency_keys i join unnest($1::text[], $2::text[]) as k(scope, key)
+                  on i.scope = k.scope and i.key = k.key",
+        )
+        .bind(&old_scopes)
+        .bind(&old_names)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (scope, key, hash, id) in rows {
+            earlier.insert((scope, key), (hash, id));
+        }
     }
-    let (hash, existing): (Vec<u8>, Uuid) = sqlx::query_as(
-        "select request_hash, entity_id from idempotency_keys where scope = $1 and key = $2",
-    )
-    .bind(key.scope)
-    .bind(&key.key)
-    .fetch_one(&mut *tx)
-    .await?;
-    Ok(if hash == key.request_hash {
-        Claim::Replay(existing)
-    } else {
-        Claim::Reused
-    })
+    Ok(keys
+        .iter()
+        .map(|(k, _)| {
+            if is_fresh(k) {
+                return Claim::Fresh;
+            }
+            match earlier.get(&(k.scope.to_owned(), k.key.clone())) {
+                Some((hash, id)) if *hash == k.request_hash => Claim::Replay(*id),
+                _ => Claim::Reused,
+            }
+        })
+        .collect())
 }

@@ -1,6 +1,7 @@
 //! PostgreSQL: connecting (creating the database if missing), migrating, and every query.
 //! Each submodule owns the queries of one table; callers never write SQL.
 
+pub mod batcher;
 pub mod console;
 pub mod deadlines;
 pub mod entities;
@@ -12,6 +13,8 @@ pub mod limit;
 pub mod outbox;
 pub mod retention;
 pub mod session;
+#[cfg(test)]
+pub(crate) mod testdb;
 
 use std::str::FromStr;
 use std::time::Duration;

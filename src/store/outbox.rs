@@ -1,15 +1,39 @@
 //! The transactional outbox: timers and events are written by the statement (or in the
 //! transaction) that changes the entity, and published by the relay afterwards
 //! (docs/architecture.md rule 3).
+//!
+//! One row per change (migrations/0004): a create's row carries both its timer and its
+//! `created` event. Rows are never updated: the relay holding the lease reads them without
+//! locks, publishes, and deletes them once the broker confirmed. Every store function that
+//! writes the outbox calls [`written`], which wakes the relay of this process, so callers
+//! never have to remember to.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::StoreError;
 use crate::domain::EntityKind;
+
+/// Counts commits that wrote the outbox in this process; relays watch it to wake up. One
+/// per process: with several services in one process (tests) every relay is woken by
+/// every write, which costs the others one empty read.
+static WRITTEN: LazyLock<watch::Sender<u64>> = LazyLock::new(|| watch::Sender::new(0));
+
+/// Tells this process's relays that outbox rows committed; called by the store after
+/// every commit that wrote the outbox.
+pub fn written() {
+    WRITTEN.send_modify(|count| *count = count.wrapping_add(1));
+}
+
+/// Follows [`written`]: `changed()` resolves once rows committed since the last look.
+pub fn writes() -> watch::Receiver<u64> {
+    WRITTEN.subscribe()
+}
 
 /// One domain event to write into the outbox.
 #[derive(Debug, Clone)]
@@ -33,7 +57,8 @@ impl NewRow {
     }
 }
 
-/// Writes events in one statement, inside the caller's transaction.
+/// Writes events in one statement, inside the caller's transaction. The caller calls
+/// [`written`] after its commit.
 pub async fn enqueue(tx: &mut PgConnection, rows: &[NewRow]) -> Result<(), StoreError> {
     if rows.is_empty() {
         return Ok(());
@@ -42,8 +67,8 @@ pub async fn enqueue(tx: &mut PgConnection, rows: &[NewRow]) -> Result<(), Store
     let ids: Vec<Uuid> = rows.iter().map(|r| r.entity_id).collect();
     let payloads: Vec<&Value> = rows.iter().map(|r| &r.payload).collect();
     sqlx::query(
-        "insert into outbox (topic, routing_key, entity_id, payload)
-         select 'event', * from unnest($1::text[], $2::uuid[], $3::jsonb[])",
+        "insert into outbox (event_key, entity_id, payload)
+         select * from unnest($1::text[], $2::uuid[], $3::jsonb[])",
     )
     .bind(&keys)
     .bind(&ids)
@@ -59,103 +84,138 @@ pub fn timer_bucket(kind: EntityKind, timeout: Duration) -> String {
     format!("{}.{}", kind.as_str(), timeout.as_millis())
 }
 
+/// SQL computing [`timer_bucket`] of a row just inserted into `kind`'s table (in a
+/// statement built by [`with_outbox`], where the row is `changed`): an insert sets
+/// `created_at` and `expires_at` from the same `now()`, so their difference is the timeout.
+pub fn inserted_timer_bucket(kind: EntityKind) -> String {
+    format!(
+        "'{}.' || (extract(epoch from (changed.expires_at - changed.created_at)) * 1000)::bigint",
+        kind.as_str()
+    )
+}
+
 /// The SQL of one statement that runs `change` (an `insert` or `update … returning *` on
-/// `kind`'s table) and writes to the outbox, for every row it returns, the `event` with
+/// `kind`'s table) and writes one outbox row for every row it returns: the `event` with
 /// the entity as the API shows it (`order_json`/`waybill_json`, migrations/0003) and,
-/// when `timer_bucket_param` names the parameter holding the bucket, the entity's timer
-/// (before its event). The statement returns `select`, e.g. `*`, of the changed rows.
-/// One statement is one round trip and its own transaction.
+/// when `timer_bucket` is an SQL expression over `changed` naming the cache bucket, the
+/// entity's timer for its `expires_at` (published before the event). The statement
+/// returns `select`, e.g. `*`, of the changed rows. The caller calls [`written`] once it
+/// committed.
 pub fn with_outbox(
     kind: EntityKind,
     change: &str,
     event: &'static str,
-    timer_bucket_param: Option<usize>,
+    timer_bucket: Option<&str>,
     select: &str,
 ) -> String {
     let kind = kind.as_str();
-    let timer = match timer_bucket_param {
-        Some(param) => format!(
-            "select 'timer', ${param}, changed.id, jsonb_build_object('kind', '{kind}', 'id', changed.id), changed.expires_at
-             from changed union all "
+    let (bucket, due, body) = match timer_bucket {
+        Some(bucket) => (
+            bucket.to_owned(),
+            "changed.expires_at".to_owned(),
+            format!("jsonb_build_object('kind', '{kind}', 'id', changed.id)"),
         ),
-        None => String::new(),
+        None => ("null".to_owned(), "null".to_owned(), "null".to_owned()),
     };
     format!(
         "with changed as ({change}),
-         written as (insert into outbox (topic, routing_key, entity_id, payload, due_at)
-                     {timer}select 'event', '{event}', changed.id, {kind}_json(changed), null from changed)
+         written as (insert into outbox (entity_id, timer_bucket, due_at, timer_body, event_key, payload)
+                     select changed.id, {bucket}, {due}, {body}, '{event}', {kind}_json(changed)
+                     from changed)
          select {select} from changed"
     )
 }
 
-/// A row claimed by a relay, ready to publish.
+/// A row read by the relay, ready to publish.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Pending {
     /// Row id, the publish order.
     pub id: i64,
-    /// `timer` or `event`.
-    pub topic: String,
-    /// Cache bucket of a timer, routing key of an event.
-    pub routing_key: String,
     /// The entity concerned, for logs and message ids.
     pub entity_id: Uuid,
-    /// The message body.
-    pub payload: Value,
+    /// The timer's cache bucket; null when the row carries no timer.
+    pub timer_bucket: Option<String>,
+    /// The timer message's body.
+    pub timer_body: Option<Value>,
     /// For a timer: milliseconds until its deadline in database time, at least 0.
     pub ms_left: Option<i64>,
+    /// The event's routing key; null when the row carries no event.
+    pub event_key: Option<String>,
+    /// The event's body.
+    pub payload: Option<Value>,
 }
 
-/// Claims up to `limit` unpublished rows in id order, skipping rows another relay holds.
-/// The rows stay locked until `tx` ends.
-pub async fn claim(
-    tx: &mut Transaction<'_, Postgres>,
+/// Reads up to `limit` rows in id order, without locking them, leaving out the rows in
+/// `skip` and every row of the entities in `held_back` (whose earlier row could not be
+/// published: their later rows wait so that an entity's messages keep their order).
+pub async fn read(
+    pool: &PgPool,
     limit: i64,
+    skip: &[i64],
+    held_back: &[Uuid],
 ) -> Result<Vec<Pending>, StoreError> {
-    let rows = sqlx::query_as::<_, Pending>(
-        "select id, topic, routing_key, entity_id, payload,
+    Ok(sqlx::query_as::<_, Pending>(
+        "select id, entity_id, timer_bucket, timer_body, event_key, payload,
                 greatest(0, ceil(extract(epoch from (due_at - now())) * 1000))::bigint as ms_left
-         from outbox where published_at is null
-         order by id limit $1 for update skip locked",
+         from outbox where id <> all($2) and entity_id <> all($3)
+         order by id limit $1",
     )
     .bind(limit)
-    .fetch_all(&mut **tx)
-    .await?;
-    Ok(rows)
+    .bind(skip)
+    .bind(held_back)
+    .fetch_all(pool)
+    .await?)
 }
 
-/// Marks rows published, after the broker confirmed them.
-pub async fn mark_published(
-    tx: &mut Transaction<'_, Postgres>,
-    ids: &[i64],
-) -> Result<(), StoreError> {
-    sqlx::query("update outbox set published_at = now() where id = any($1)")
+/// Deletes rows the broker confirmed, in one statement.
+pub async fn delete(pool: &PgPool, ids: &[i64]) -> Result<(), StoreError> {
+    sqlx::query("delete from outbox where id = any($1)")
         .bind(ids)
-        .execute(&mut **tx)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Takes or renews the relay lease of `partition` for `holder` until `ttl` from now in
+/// database time; true when `holder` holds it now. Someone else's lease is taken over
+/// only once it expired.
+pub async fn hold_lease(
+    pool: &PgPool,
+    partition: i32,
+    holder: Uuid,
+    ttl: Duration,
+) -> Result<bool, StoreError> {
+    let held: Option<bool> = sqlx::query_scalar(
+        "insert into outbox_lease (partition, holder, expires_at)
+         values ($1, $2, now() + $3::bigint * interval '1 millisecond')
+         on conflict (partition) do update
+             set holder = excluded.holder, expires_at = excluded.expires_at
+             where outbox_lease.holder = excluded.holder or outbox_lease.expires_at < now()
+         returning true",
+    )
+    .bind(partition)
+    .bind(holder)
+    .bind(ttl.as_millis() as i64)
+    .fetch_optional(pool)
+    .await?;
+    Ok(held.unwrap_or(false))
+}
+
+/// Gives the lease up (on shutdown), so another instance takes over at once.
+pub async fn release_lease(pool: &PgPool, partition: i32, holder: Uuid) -> Result<(), StoreError> {
+    sqlx::query("delete from outbox_lease where partition = $1 and holder = $2")
+        .bind(partition)
+        .bind(holder)
+        .execute(pool)
         .await?;
     Ok(())
 }
 
 /// Rows not published yet: the backlog shown in metrics and readiness.
 pub async fn backlog(pool: &PgPool) -> Result<i64, StoreError> {
-    Ok(
-        sqlx::query_scalar("select count(*) from outbox where published_at is null")
-            .fetch_one(pool)
-            .await?,
-    )
-}
-
-/// Deletes published rows older than `retention`, a bounded batch at a time.
-pub async fn prune(pool: &PgPool, retention: Duration) -> Result<u64, StoreError> {
-    let done = sqlx::query(
-        "delete from outbox where id in (
-             select id from outbox
-             where published_at < now() - $1::bigint * interval '1 millisecond'
-             limit 10000)",
-    )
-    .bind(retention.as_millis() as i64)
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected())
+    Ok(sqlx::query_scalar("select count(*) from outbox")
+        .fetch_one(pool)
+        .await?)
 }
 
 #[cfg(test)]
@@ -171,44 +231,12 @@ mod tests {
 
     use crate::domain::{EntityKind, NewOrder, NewWaybill, Order, Waybill};
     use crate::store::entities::{self, Entity};
+    use crate::store::expiry;
     use crate::store::idempotency::IdempotencyKey;
-    use crate::store::{self, PoolSettings, expiry};
-
-    const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
-
-    async fn scratch() -> (PgPool, String) {
-        let name = format!(
-            "ot_outbox_test_{}",
-            &Uuid::new_v4().simple().to_string()[..12]
-        );
-        let settings = PoolSettings {
-            max_connections: 2,
-            acquire_timeout: Duration::from_secs(10),
-            lock_timeout: Duration::from_secs(5),
-            statement_timeout: Duration::from_secs(30),
-            session: store::SessionSettings::default(),
-        };
-        let pool = store::connect(&format!("{SERVER}/{name}"), settings)
-            .await
-            .expect("local PostgreSQL");
-        store::migrate(&pool).await.expect("migrations");
-        (pool, name)
-    }
-
-    async fn drop_scratch(pool: PgPool, name: &str) {
-        pool.close().await;
-        let admin = PgPool::connect(&format!("{SERVER}/postgres"))
-            .await
-            .expect("admin connection");
-        let sql = format!("drop database if exists \"{name}\" with (force)");
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .execute(&admin)
-            .await
-            .expect("drop");
-    }
+    use crate::store::testdb::{drop_scratch, scratch};
 
     async fn event(pool: &PgPool, key: &str, id: Uuid) -> Value {
-        sqlx::query_scalar("select payload from outbox where routing_key = $1 and entity_id = $2")
+        sqlx::query_scalar("select payload from outbox where event_key = $1 and entity_id = $2")
             .bind(key)
             .bind(id)
             .fetch_one(pool)
@@ -224,20 +252,20 @@ mod tests {
             "items": [{"sku": "book", "quantity": 2, "unit_price_cents": 1250}]});
         let order = NewOrder::parse(&with_items).unwrap();
         let keyed = IdempotencyKey::new("orders", "k".into(), b"body");
-        let first: Order = entities::create(&pool, &order, timeout, Some(&keyed))
+        let first: Order = entities::create(&pool, order.clone(), timeout, Some(keyed.clone()))
             .await
             .unwrap()
             .entity;
         let bare =
             NewOrder::parse(&json!({"customer_id": "c-2", "amount_cents": 1, "currency": "USD"}))
                 .unwrap();
-        let second: Order = entities::create(&pool, &bare, timeout, None)
+        let second: Order = entities::create(&pool, bare.clone(), timeout, None)
             .await
             .unwrap()
             .entity;
         let new_waybill =
             NewWaybill::parse(&json!({"origin": "Berlin", "destination": "Paris"})).unwrap();
-        let waybill: Waybill = entities::create(&pool, &new_waybill, timeout, None)
+        let waybill: Waybill = entities::create(&pool, new_waybill.clone(), timeout, None)
             .await
             .unwrap()
             .entity;
@@ -252,7 +280,7 @@ mod tests {
             serde_json::to_value(&waybill).unwrap()
         );
         let timers: Vec<(String, Value)> = sqlx::query_as(
-            "select routing_key, payload from outbox where topic = 'timer' order by id",
+            "select timer_bucket, timer_body from outbox where timer_bucket is not null order by id",
         )
         .fetch_all(&pool)
         .await
@@ -292,7 +320,7 @@ mod tests {
             serde_json::to_value(&cancelled).unwrap()
         );
 
-        let overdue: Order = entities::create(&pool, &bare, timeout, None)
+        let overdue: Order = entities::create(&pool, bare.clone(), timeout, None)
             .await
             .unwrap()
             .entity;

@@ -1,0 +1,372 @@
+//! Group commit for creates: requests that arrive while a batch is being written go
+//! into the next batch, one transaction and one multi-row statement for all of them,
+//! and each request gets its own answer.
+//!
+//! There is no linger: a request that finds the writer idle is written at once, alone.
+//! Under load the batch is whatever queued during the previous write, so the database
+//! commits (and flushes its WAL) once per batch instead of once per request.
+//!
+//! A batch that fails is never allowed to turn a valid request into an error it did not
+//! earn: each of its requests is then written again on its own, and gets that answer.
+
+use std::collections::VecDeque;
+
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
+
+use super::StoreError;
+use super::entities::{self, CreateError, CreateRequest, Created, NewEntity};
+use crate::domain::{NewOrder, NewWaybill};
+
+/// Most requests written in one batch: bounds the statement's size and the time the
+/// first request of a full batch waits for the others' rows.
+pub const MAX_BATCH: usize = 256;
+
+/// Requests waiting for the writer; past this, callers wait to enqueue (backpressure).
+const QUEUE: usize = 4096;
+
+/// What one create gets back.
+pub type Answer<E> = Result<Created<E>, CreateError>;
+
+/// One queued request and where its answer goes.
+struct Job<N: NewEntity> {
+    /// The request.
+    request: CreateRequest<N>,
+    /// The caller, waiting (or gone: a timed-out request is not written).
+    reply: oneshot::Sender<Answer<N::Entity>>,
+}
+
+/// A handle to the group-commit writer of one kind; cheap to clone. The writer task stops
+/// when the last handle is dropped.
+pub struct Batcher<N: NewEntity> {
+    /// Queue of the writer task.
+    jobs: mpsc::Sender<Job<N>>,
+}
+
+impl<N: NewEntity> Clone for Batcher<N> {
+    fn clone(&self) -> Self {
+        Self {
+            jobs: self.jobs.clone(),
+        }
+    }
+}
+
+impl<N: NewEntity> Batcher<N> {
+    /// Starts the writer task on the current runtime.
+    pub fn start(pool: PgPool) -> Self {
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        tokio::spawn(write_batches(pool, queue));
+        Self { jobs }
+    }
+
+    /// Creates one entity through the next batch; answers as [`entities::create`] would.
+    pub async fn create(&self, request: CreateRequest<N>) -> Answer<N::Entity> {
+        let (reply, answer) = oneshot::channel();
+        let closed = || CreateError::Store(StoreError::Other(sqlx::Error::PoolClosed));
+        self.jobs
+            .send(Job { request, reply })
+            .await
+            .map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
+    }
+}
+
+/// The writer: takes every request queued (up to [`MAX_BATCH`]), writes them as one
+/// batch, answers, and starts again with what queued meanwhile.
+async fn write_batches<N: NewEntity>(pool: PgPool, mut queue: mpsc::Receiver<Job<N>>) {
+    // Requests whose idempotency key is already in the batch being formed: they wait for
+    // the next one, where they see the first request's committed key.
+    let mut deferred: VecDeque<Job<N>> = VecDeque::new();
+    loop {
+        let first = match deferred.pop_front() {
+            Some(job) => job,
+            None => match queue.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        let mut batch = vec![first];
+        let mut later = VecDeque::new();
+        while batch.len() < MAX_BATCH {
+            let Some(job) = deferred.pop_front().or_else(|| queue.try_recv().ok()) else {
+                break;
+            };
+            let key = job.request.key.as_ref().map(|k| (k.scope, k.key.clone()));
+            let taken = key.is_some_and(|key| {
+                batch
+                    .iter()
+                    .filter_map(|j| j.request.key.as_ref())
+                    .any(|k| (k.scope, &k.key) == (key.0, &key.1))
+            });
+            if taken {
+                later.push_back(job);
+            } else {
+                batch.push(job);
+            }
+        }
+        deferred.extend(later);
+        write(&pool, batch).await;
+    }
+}
+
+/// Writes one batch and answers every request in it (a caller that gave up is left out).
+async fn write<N: NewEntity>(pool: &PgPool, batch: Vec<Job<N>>) {
+    let (requests, replies): (Vec<_>, Vec<_>) = batch
+        .into_iter()
+        .filter(|job| !job.reply.is_closed())
+        .map(|job| (job.request, job.reply))
+        .unzip();
+    if requests.is_empty() {
+        return;
+    }
+    metrics::histogram!("order_timeout_create_batch_size").record(requests.len() as f64);
+    let answers = answer_batch(pool, requests).await;
+    let mut answers = answers.into_iter();
+    for reply in replies {
+        // A caller that gave up meanwhile (its request timed out) no longer listens.
+        let _ = reply.send(answers.next().unwrap_or_else(|| Err(lost())));
+    }
+}
+
+/// Writes the requests as one batch and returns each one's answer, in order. When the
+/// batch fails, each request is written again alone and gets that answer, so a failure
+/// caused by one request (or by the batch) is not passed on to the others.
+pub async fn answer_batch<N: NewEntity>(
+    pool: &PgPool,
+    requests: Vec<CreateRequest<N>>,
+) -> Vec<Answer<N::Entity>> {
+    if requests.len() == 1 {
+        return match entities::create_batch(pool, requests).await {
+            Ok(answers) => answers,
+            Err(error) => vec![Err(error.into())],
+        };
+    }
+    // The batch consumes the requests: keep copies to write each one alone.
+    let copies: Vec<CreateRequest<N>> = requests
+        .iter()
+        .map(|r| CreateRequest {
+            new: r.new.clone(),
+            timeout: r.timeout,
+            key: r.key.clone(),
+        })
+        .collect();
+    match entities::create_batch(pool, requests).await {
+        Ok(answers) => answers,
+        Err(error) => {
+            tracing::warn!(%error, size = copies.len(), "create batch failed, writing each request alone");
+            let alone = copies
+                .into_iter()
+                .map(|r| entities::create(pool, r.new, r.timeout, r.key));
+            futures_util::future::join_all(alone).await
+        }
+    }
+}
+
+fn lost() -> CreateError {
+    CreateError::Store(StoreError::Other(sqlx::Error::RowNotFound))
+}
+
+/// The group-commit writers of every kind, shared by the API's handlers.
+#[derive(Clone)]
+pub struct Creates {
+    /// Writes orders.
+    pub orders: Batcher<NewOrder>,
+    /// Writes waybills.
+    pub waybills: Batcher<NewWaybill>,
+}
+
+impl Creates {
+    /// Starts one writer per kind on the current runtime.
+    pub fn start(pool: &PgPool) -> Self {
+        Self {
+            orders: Batcher::start(pool.clone()),
+            waybills: Batcher::start(pool.clone()),
+        }
+    }
+}
+
+/// A create request whose kind has a writer in [`Creates`].
+pub trait Batched: NewEntity {
+    /// This kind's writer.
+    fn batcher(creates: &Creates) -> &Batcher<Self>;
+}
+
+impl Batched for NewOrder {
+    fn batcher(creates: &Creates) -> &Batcher<Self> {
+        &creates.orders
+    }
+}
+
+impl Batched for NewWaybill {
+    fn batcher(creates: &Creates) -> &Batcher<Self> {
+        &creates.waybills
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The batcher against the local PostgreSQL (a scratch database per test).
+
+    use std::time::Duration;
+
+    use serde_json::json;
+    use sqlx::PgPool;
+
+    use super::*;
+    use crate::domain::Order;
+    use crate::store::idempotency::IdempotencyKey;
+    use crate::store::testdb::{drop_scratch, scratch};
+
+    const TIMEOUT: Duration = Duration::from_secs(60);
+
+    fn order(customer: &str) -> NewOrder {
+        NewOrder::parse(&json!({"customer_id": customer, "amount_cents": 100, "currency": "EUR"}))
+            .expect("valid order")
+    }
+
+    fn request(customer: &str, key: Option<&str>) -> CreateRequest<NewOrder> {
+        CreateRequest {
+            new: order(customer),
+            timeout: TIMEOUT,
+            key: key.map(|k| IdempotencyKey::new("orders", k.into(), customer.as_bytes())),
+        }
+    }
+
+    async fn count(pool: &PgPool, table: &str) -> i64 {
+        let sql = format!("select count(*) from {table}");
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(pool)
+            .await
+            .expect("count")
+    }
+
+    #[tokio::test]
+    async fn one_batch_answers_new_replayed_and_conflicting_requests_each_on_their_own() {
+        let (pool, name) = scratch().await;
+        // Earlier requests: key "same" with body "alice", key "other" with body "bob".
+        let earlier = answer_batch(
+            &pool,
+            vec![
+                request("alice", Some("same")),
+                request("bob", Some("other")),
+            ],
+        )
+        .await;
+        let alice: Order = earlier[0].as_ref().expect("created").entity.clone();
+
+        let answers = answer_batch(
+            &pool,
+            vec![
+                request("carol", None),
+                request("alice", Some("same")), // same key, same body: replay
+                request("dave", Some("other")), // same key, other body: 422
+                request("erin", Some("fresh")),
+            ],
+        )
+        .await;
+        assert_eq!(answers.len(), 4);
+        let carol = answers[0].as_ref().expect("keyless create");
+        assert!(!carol.replayed);
+        assert_eq!(carol.entity.customer_id, "carol");
+        let replay = answers[1].as_ref().expect("replay");
+        assert!(replay.replayed);
+        assert_eq!(replay.entity, alice, "the replay returns the earlier order");
+        assert!(
+            matches!(answers[2], Err(CreateError::KeyReused)),
+            "{:?}",
+            answers[2]
+        );
+        let erin = answers[3].as_ref().expect("fresh keyed create");
+        assert!(!erin.replayed);
+        assert_eq!(erin.entity.customer_id, "erin");
+        // Two earlier orders and two new ones, one outbox row each; no order for the reuse.
+        assert_eq!(
+            (count(&pool, "orders").await, count(&pool, "outbox").await),
+            (4, 4)
+        );
+        drop_scratch(pool, &name).await;
+    }
+
+    #[tokio::test]
+    async fn a_database_error_caused_by_one_request_fails_that_request_alone() {
+        let (pool, name) = scratch().await;
+        // A trigger that refuses one customer: the whole multi-row statement fails.
+        for sql in [
+            "create function refuse_poison() returns trigger language plpgsql as $$
+             begin
+                 if new.customer_id = 'poison' then raise exception 'poisoned row'; end if;
+                 return new;
+             end $$",
+            "create trigger refuse_poison before insert on orders
+             for each row execute function refuse_poison()",
+        ] {
+            sqlx::query(sql).execute(&pool).await.expect("trigger");
+        }
+        let answers = answer_batch(
+            &pool,
+            vec![
+                request("first", None),
+                request("poison", None),
+                request("keyed", Some("k")),
+                request("last", None),
+            ],
+        )
+        .await;
+        let customers: Vec<Option<String>> = answers
+            .iter()
+            .map(|a| a.as_ref().ok().map(|c| c.entity.customer_id.clone()))
+            .collect();
+        assert_eq!(
+            customers,
+            [
+                Some("first".into()),
+                None,
+                Some("keyed".into()),
+                Some("last".into())
+            ]
+        );
+        assert!(matches!(answers[1], Err(CreateError::Store(_))));
+        assert_eq!(
+            (count(&pool, "orders").await, count(&pool, "outbox").await),
+            (3, 3)
+        );
+        drop_scratch(pool, &name).await;
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_with_one_key_get_one_order_and_conflicts_get_422() {
+        let (pool, name) = scratch().await;
+        let batcher: Batcher<NewOrder> = Batcher::start(pool.clone());
+        // Sent together, so they queue while the first write is in flight: the same key
+        // twice in what would be one batch, plus a reuse with another body.
+        let requests = vec![
+            request("alice", Some("k")),
+            request("bob", None),
+            request("alice", Some("k")),
+            request("mallory", Some("k")),
+            request("carol", None),
+        ];
+        let answers =
+            futures_util::future::join_all(requests.into_iter().map(|r| batcher.create(r))).await;
+        let made: Vec<&Created<Order>> = answers.iter().filter_map(|a| a.as_ref().ok()).collect();
+        let keyed: Vec<&&Created<Order>> = made
+            .iter()
+            .filter(|c| c.entity.customer_id == "alice")
+            .collect();
+        assert_eq!(keyed.len(), 2, "{answers:?}");
+        assert_eq!(keyed[0].entity, keyed[1].entity, "both got the same order");
+        assert_eq!(
+            keyed.iter().filter(|c| c.replayed).count(),
+            1,
+            "one created it, one replayed it"
+        );
+        let reused = answers
+            .iter()
+            .filter(|a| matches!(a, Err(CreateError::KeyReused)))
+            .count();
+        assert_eq!((made.len(), reused), (4, 1), "{answers:?}");
+        assert_eq!(count(&pool, "orders").await, 3);
+        drop(batcher);
+        drop_scratch(pool, &name).await;
+    }
+}
