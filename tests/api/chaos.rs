@@ -607,3 +607,116 @@ async fn the_binary_exits_non_zero_when_the_broker_is_never_reachable_within_rec
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(log.contains("RECONNECT_MAX"), "{log}");
 }
+
+/// The instance holding the outbox lease, and until when (database time), if any.
+async fn lease(app: &TestApp) -> Option<(uuid::Uuid, bool)> {
+    sqlx::query_as("select holder, expires_at > now() from outbox_lease where partition = 0")
+        .fetch_optional(&app.pool)
+        .await
+        .expect("lease row")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_frozen_with_sigstop_while_holding_the_relay_lease_is_replaced_within_seconds()
+{
+    init_logs();
+    let mut app = TestApp::spawn().await;
+    let events = app.observe_events().await;
+    // Only the binaries relay: the harness's instance only set things up.
+    app.instance.stop().await.expect("stop the set-up instance");
+    let frozen = Binary::start(&app.env, &[]);
+    wait_ready_at(&app, &frozen.address, Duration::from_secs(20)).await;
+    let held = eventually(Duration::from_secs(10), || async {
+        lease(&app).await.is_some_and(|(_, live)| live)
+    })
+    .await;
+    assert!(
+        held,
+        "the first instance never took the lease: {}",
+        frozen.log_tail()
+    );
+    let (first_holder, _) = lease(&app).await.expect("lease");
+    // Orders created on it just before it freezes: some of their rows may be read or
+    // published but not deleted when it stops.
+    let client = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(create_at(&client, &frozen.address).await);
+    }
+    frozen.signal("-STOP");
+    let frozen_at = Instant::now();
+    let other = Binary::start(&app.env, &[]);
+    wait_ready_at(&app, &other.address, Duration::from_secs(20)).await;
+    for _ in 0..10 {
+        ids.push(create_at(&client, &other.address).await);
+    }
+    // The frozen instance keeps its connections (and would keep row locks): only the
+    // lease's expiry lets the other take over.
+    let drained = eventually(Duration::from_secs(20), || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from outbox")
+            .fetch_one(&app.pool)
+            .await
+            .expect("outbox")
+            == 0
+    })
+    .await;
+    let took_over_after = frozen_at.elapsed();
+    assert!(
+        drained,
+        "the outbox was not drained by the other instance: {}",
+        other.log_tail()
+    );
+    let (holder, _) = lease(&app).await.expect("lease");
+    assert_ne!(
+        holder, first_holder,
+        "the lease moved to the other instance"
+    );
+    // Every order's created event arrived (at least once). Their timers were confirmed too
+    // (a row is deleted only once its timer and its event are).
+    let seen = std::sync::Mutex::new(std::collections::HashSet::new());
+    let all_seen = eventually(Duration::from_secs(20), || async {
+        let drained = app.drain(&events).await;
+        let mut seen = seen.lock().expect("seen");
+        for (key, body) in drained {
+            if key == "order.created" {
+                seen.insert(body["id"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+        ids.iter().all(|id| seen.contains(id))
+    })
+    .await;
+    assert!(all_seen, "created events missing after {took_over_after:?}");
+    // Thawed, the first instance finds the lease gone and leaves it; its consumer handles
+    // the due timers it had prefetched while frozen, so every order times out (2 s) with
+    // the sweeper switched off (1 h).
+    frozen.signal("-CONT");
+    for id in &ids {
+        let cancelled = eventually(Duration::from_secs(30), || async {
+            app.order_status(id).await == "cancelled"
+        })
+        .await;
+        assert!(
+            cancelled,
+            "order {id} not cancelled by its timer: {}",
+            frozen.log_tail()
+        );
+    }
+    assert_eq!(
+        lease(&app).await.map(|(holder, _)| holder),
+        Some(holder),
+        "the thawed instance did not take the lease back"
+    );
+}
+
+/// Creates an order through one instance's API; panics unless 201.
+async fn create_at(client: &reqwest::Client, address: &str) -> String {
+    let response = client
+        .post(format!("{address}/orders"))
+        .json(&crate::helpers::order_body())
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let order: serde_json::Value = response.json().await.expect("order");
+    order["id"].as_str().expect("id").to_owned()
+}
