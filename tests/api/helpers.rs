@@ -157,6 +157,9 @@ pub struct TestApp {
     /// The test's own pool into the service's database, for assertions.
     pub pool: PgPool,
     pub topology: Topology,
+    /// The broker the test's own connection (`amqp`) and its checks use: the machine's,
+    /// or one node of the test cluster.
+    pub broker_url: String,
     pub amqp: Connection,
     // Dropped last: removes the database and the queues.
     pub env: TestEnv,
@@ -191,6 +194,12 @@ impl TestApp {
 
     /// A service with the test settings changed by `tweak`.
     pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::spawn_observing(AMQP_URL, tweak).await
+    }
+
+    /// A service whose test-side connection and checks use `broker_url` (a node of a
+    /// test cluster) instead of the machine's broker.
+    pub async fn spawn_observing(broker_url: &str, tweak: impl FnOnce(&mut Config)) -> Self {
         let env = TestEnv::new();
         let mut config = test_config(&env);
         tweak(&mut config);
@@ -201,7 +210,7 @@ impl TestApp {
             .connect(&env.database_url)
             .await
             .expect("test pool");
-        let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default())
+        let amqp = Connection::connect(broker_url, ConnectionProperties::default())
             .await
             .expect("test amqp");
         let app = Self {
@@ -209,6 +218,7 @@ impl TestApp {
             client: reqwest::Client::new(),
             pool,
             topology,
+            broker_url: broker_url.to_owned(),
             amqp,
             env,
         };
@@ -328,8 +338,17 @@ impl TestApp {
             durable: true,
             ..Default::default()
         };
+        // On a cluster, replicated like the service's queues: a classic queue on a
+        // killed node would miss the events published while it is down.
+        let mut arguments = FieldTable::default();
+        if self.topology.queue_type == order_timeout::broker::QueueType::Quorum {
+            arguments.insert(
+                "x-queue-type".into(),
+                lapin::types::AMQPValue::LongString("quorum".into()),
+            );
+        }
         channel
-            .queue_declare(queue.as_str().into(), options, FieldTable::default())
+            .queue_declare(queue.as_str().into(), options, arguments)
             .await
             .expect("declare");
         channel

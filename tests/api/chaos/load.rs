@@ -17,7 +17,7 @@ use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 
-use crate::helpers::{AMQP_URL, TestApp, eventually};
+use crate::helpers::{TestApp, eventually};
 
 /// Longest answer any request may take, whatever is down.
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(3);
@@ -32,6 +32,8 @@ pub struct LoadShape {
     /// A paid order is paid after a random delay below this (past the deadline some
     /// payments race the timer and are refused).
     pub pay_within: Duration,
+    /// One order in this many is paid.
+    pub pay_one_in: u64,
 }
 
 impl Default for LoadShape {
@@ -40,6 +42,7 @@ impl Default for LoadShape {
             workers: 3,
             interval: Duration::from_millis(20),
             pay_within: Duration::from_millis(2300),
+            pay_one_in: 2,
         }
     }
 }
@@ -208,7 +211,7 @@ async fn worker(
             let id = Uuid::parse_str(order["id"].as_str().unwrap_or_default())
                 .expect("created order id");
             stats.created.push(id);
-            if rng.next() % 2 == 0 {
+            if rng.next() % shape.pay_one_in.max(1) == 0 {
                 let delay =
                     Duration::from_millis(rng.next() % shape.pay_within.as_millis().max(1) as u64);
                 let (client, targets) = (client.clone(), targets.clone());
@@ -460,7 +463,7 @@ pub async fn verify(
     // Every state change at least once; duplicates are allowed (at-least-once).
     let mut seen: HashMap<(String, Uuid), usize> = HashMap::new();
     let deadline = Instant::now() + within;
-    let mut observer = Observer::default();
+    let mut observer = Observer::on(&app.broker_url);
     loop {
         for (key, body) in observer.drain(events_queue).await {
             let id = Uuid::parse_str(body["id"].as_str().unwrap_or_default()).unwrap_or_default();
@@ -532,19 +535,26 @@ pub async fn verify(
 /// Reads the broker on a connection of its own, reconnecting when the broker went away
 /// (a restart by this test or by anyone else sharing the machine's broker): the events
 /// wait in a durable queue, so a reconnect loses none.
-#[derive(Default)]
 struct Observer {
+    url: String,
     connection: Option<Connection>,
 }
 
 impl Observer {
+    fn on(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            connection: None,
+        }
+    }
+
     async fn channel(&mut self) -> Option<lapin::Channel> {
         if !self
             .connection
             .as_ref()
             .is_some_and(|c| c.status().connected())
         {
-            self.connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
+            self.connection = Connection::connect(&self.url, ConnectionProperties::default())
                 .await
                 .ok();
         }
