@@ -29,7 +29,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::broker::{Broker, Outgoing, PERSISTENT, PublishError};
+use crate::broker::{Broker, Outgoing, PERSISTENT, PublishError, Publisher};
 use crate::liveness::Heartbeat;
 use crate::store::outbox::{self, Pending};
 use crate::store::{CallLimit, StoreError};
@@ -207,7 +207,7 @@ impl Relay {
         }
         let published = match self.publish_all(&rows).await {
             Ok(()) => rows.iter().map(|row| row.id).collect(),
-            Err(PublishError::Unroutable(_) | PublishError::Nacked) => {
+            Err(PublishError::Unroutable { .. } | PublishError::Nacked) => {
                 self.publish_one_by_one(&rows).await
             }
             Err(error) => return Err(error.into()),
@@ -248,7 +248,7 @@ impl Relay {
             }
         }
         let messages: Vec<Outgoing<'_>> = plans.iter().map(Plan::outgoing).collect();
-        self.broker.publish(&messages).await
+        self.broker.publish(Publisher::Relay, &messages).await
     }
 
     /// After a batch failed for some of its rows: publishes each row alone, so one bad row
@@ -265,13 +265,14 @@ impl Relay {
                 continue;
             }
             let mut outcome = self.publish_row(row, false).await;
-            if matches!(outcome, Err(PublishError::Unroutable(_))) && row.timer_bucket.is_some() {
+            if matches!(outcome, Err(PublishError::Unroutable { .. })) && row.timer_bucket.is_some()
+            {
                 tracing::warn!(entity_id = %row.entity_id, bucket = ?row.timer_bucket, "cache queue missing: timer sent to the due queue to be re-armed");
                 outcome = self.publish_row(row, true).await;
             }
             match outcome {
                 Ok(()) => published.push(row.id),
-                Err(error @ (PublishError::Unroutable(_) | PublishError::Nacked)) => {
+                Err(error @ (PublishError::Unroutable { .. } | PublishError::Nacked)) => {
                     blocked.insert(row.entity_id);
                     self.hold_back(row, &error);
                 }
@@ -290,7 +291,7 @@ impl Relay {
             }
         }
         let messages: Vec<Outgoing<'_>> = plans.iter().map(Plan::outgoing).collect();
-        self.broker.publish(&messages).await
+        self.broker.publish(Publisher::Relay, &messages).await
     }
 
     fn hold_back(&mut self, row: &Pending, error: &PublishError) {

@@ -13,7 +13,7 @@ use sqlx::PgPool;
 
 use crate::alert::{Alert, Alerter};
 use crate::broker::headers::{self, FIRST_FAILED_AT, LAST_ERROR, RETRY_COUNT};
-use crate::broker::{Broker, Outgoing, PERSISTENT};
+use crate::broker::{Broker, Outgoing, PERSISTENT, Publisher};
 use crate::store::CallLimit;
 use crate::store::ErrorClass;
 use crate::store::failed::{self, NewFailure};
@@ -266,7 +266,7 @@ impl DeliveryRouter {
             properties,
             mandatory: true,
         };
-        match self.broker.publish(&[message]).await {
+        match self.broker.publish(Publisher::Retry, &[message]).await {
             Ok(()) => true,
             Err(error) => {
                 tracing::warn!(queue, %error, "publish failed, delivery will be handed back");

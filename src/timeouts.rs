@@ -79,7 +79,7 @@ impl DueConsumer {
         shutdown: &CancellationToken,
     ) -> Result<(), lapin::Error> {
         let starting = self.heartbeat.busy();
-        let channel = session.connection.create_channel().await?;
+        let channel = session.consuming.create_channel().await?;
         channel
             .basic_qos(self.prefetch, BasicQosOptions::default())
             .await?;

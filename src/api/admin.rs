@@ -20,7 +20,7 @@ use super::entity_handlers::{Listing, paged};
 use super::error::ApiError;
 use super::extract::{EntityId, QueryPairs};
 use crate::broker::headers;
-use crate::broker::{Outgoing, PublishError};
+use crate::broker::{Outgoing, PublishError, Publisher};
 use crate::domain::FieldError;
 use crate::retry::{PARKED_FROM, republished};
 use crate::store::failed::{self, FailedFilter, FailedMessage, FailedStatus};
@@ -279,7 +279,11 @@ async fn republish(state: &AppState, rows: &[FailedMessage]) -> Result<(), ApiEr
             mandatory: true,
         })
         .collect();
-    state.broker.publish(&messages).await.map_err(broker_error)
+    state
+        .broker
+        .publish(Publisher::Admin, &messages)
+        .await
+        .map_err(broker_error)
 }
 
 fn broker_error(error: PublishError) -> ApiError {
@@ -358,7 +362,7 @@ async fn replay_parking(State(state): State<AppState>) -> Result<Json<Value>, Ap
             properties: republished(&delivery.properties, table),
             mandatory: true,
         };
-        if let Err(error) = state.broker.publish(&[outgoing]).await {
+        if let Err(error) = state.broker.publish(Publisher::Admin, &[outgoing]).await {
             let _ = delivery
                 .nack(BasicNackOptions {
                     requeue: true,

@@ -1,37 +1,64 @@
-//! RabbitMQ: the connection (owned by the supervisor), the topology, publishing with
+//! RabbitMQ: the connections (owned by the supervisor), the topology, publishing with
 //! confirms and header conversion. The rest of the service sees `Broker::publish` and a
 //! way to follow the current session. Not yet the only place lapin appears: the consumer
 //! (`timeouts`), `retry`, `outbox` and the admin API still use its types directly.
+//!
+//! Connections and channels (docs/architecture.md, "Broker"):
+//! - Each session is two connections to the same node of `AMQP_URL`: a *consuming* one
+//!   (the due consumer, declares, queue depths, the parking replay's gets and acks) and
+//!   a *publishing* one. Under a memory or disk alarm RabbitMQ blocks connections that
+//!   publish, and lapin then writes nothing on them, acks included; apart, the consumer
+//!   keeps acking due timers while publishes wait (and time out after 15 s).
+//! - On the publishing connection, one confirm channel per `Publisher` role (relay,
+//!   retry router, admin), and one publish call at a time per channel: lapin attaches a
+//!   `basic.return` to whichever confirm completes next, so an outcome read on a shared
+//!   channel could be another caller's (see `publisher`).
+//! - Either connection lost ends the session: both are closed and the supervisor
+//!   reconnects both, to any node that answers.
 
 mod backoff;
 mod endpoints;
 pub mod headers;
+mod publisher;
 mod supervisor;
 pub mod topology;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use lapin::Confirmation;
-use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::watch;
 
 pub use endpoints::{EndpointError, Endpoints};
+pub use publisher::Publisher;
+use publisher::PublisherChannels;
 pub use supervisor::{SupervisorError, supervise};
 pub use topology::{QueueType, Topology};
 
-/// A live connection with a publishing channel in confirm mode.
+/// A live pair of connections to one node. Consuming and publishing are apart because
+/// RabbitMQ blocks connections that publish while a memory or disk alarm is raised, and
+/// lapin then writes nothing at all on that connection, acks included: with one
+/// connection an alarm would stop the due consumer too.
 #[derive(Clone)]
 pub struct Session {
-    /// The connection; consumers open their own channels on it.
-    pub connection: Arc<Connection>,
-    /// Shared channel for every publish, in confirm mode.
-    publisher: Channel,
+    /// The consuming connection: the due consumer's channel (deliveries and acks),
+    /// declares and one-off reads (queue depths, the parking replay's gets and acks).
+    pub consuming: Arc<Connection>,
+    /// The publishing connection, only for publishes with confirms.
+    publishing: Arc<Connection>,
+    /// One confirm channel per publisher role (see `publisher`).
+    channels: Arc<PublisherChannels>,
     /// Cache buckets declared on this connection, so each is declared once.
     declared_buckets: Arc<Mutex<HashSet<String>>>,
     /// The node connected to, `host:port/vhost`: named by `/readyz`, the console, logs.
     node: Arc<str>,
+}
+
+impl Session {
+    /// True while both connections are up.
+    fn connected(&self) -> bool {
+        self.consuming.status().connected() && self.publishing.status().connected()
+    }
 }
 
 /// Cheap handle to the broker, shared by the relay, the consumer, the admin API.
@@ -70,9 +97,14 @@ pub enum PublishError {
     /// The broker refused the message.
     #[error("broker nacked the message")]
     Nacked,
-    /// No queue is bound where the message was sent.
-    #[error("message unroutable: {0}")]
-    Unroutable(String),
+    /// No queue is bound where these messages were sent (their routing keys, in order).
+    #[error("{} message(s) unroutable ({reply}): {routing_keys:?}", routing_keys.len())]
+    Unroutable {
+        /// The routing key of every returned message of the call.
+        routing_keys: Vec<String>,
+        /// The broker's reason (`NO_ROUTE`).
+        reply: String,
+    },
     /// The broker did not confirm in time (blocked by an alarm, or the network is gone).
     #[error("broker did not confirm within {0:?}")]
     Timeout(std::time::Duration),
@@ -110,7 +142,7 @@ impl Broker {
         self.session
             .borrow()
             .as_ref()
-            .is_some_and(|s| s.connection.status().connected())
+            .is_some_and(Session::connected)
     }
 
     /// The node in use (`host:port/vhost`, never a password), `None` while disconnected.
@@ -118,7 +150,7 @@ impl Broker {
         self.session
             .borrow()
             .as_ref()
-            .filter(|s| s.connection.status().connected())
+            .filter(|s| s.connected())
             .map(|s| s.node.to_string())
     }
 
@@ -129,44 +161,19 @@ impl Broker {
             .ok_or(PublishError::NotConnected)
     }
 
-    /// Publishes every message (pipelined), then waits for every confirm. Succeeds only
-    /// when the broker confirmed all of them and none was returned as unroutable.
-    pub async fn publish(&self, messages: &[Outgoing<'_>]) -> Result<(), PublishError> {
-        match tokio::time::timeout(CONFIRM_TIMEOUT, self.publish_confirmed(messages)).await {
-            Ok(result) => result,
-            Err(_) => Err(PublishError::Timeout(CONFIRM_TIMEOUT)),
-        }
-    }
-
-    async fn publish_confirmed(&self, messages: &[Outgoing<'_>]) -> Result<(), PublishError> {
+    /// Publishes every message as `role` (pipelined), then waits for every confirm.
+    /// Succeeds only when the broker confirmed all of them and none was returned as
+    /// unroutable; an `Unroutable` error names exactly this call's returned messages.
+    pub async fn publish(
+        &self,
+        role: Publisher,
+        messages: &[Outgoing<'_>],
+    ) -> Result<(), PublishError> {
         let session = self.current()?;
-        // Every publish is handed to lapin before any is awaited: awaiting each in turn
-        // would cost a round trip to lapin's I/O thread (and a write) per message. The
-        // futures are first polled in order, so the messages keep their order.
-        let publishes = messages.iter().map(|message| {
-            session.publisher.basic_publish(
-                message.exchange.into(),
-                message.routing_key.into(),
-                BasicPublishOptions {
-                    mandatory: message.mandatory,
-                    ..Default::default()
-                },
-                message.body,
-                message.properties.clone(),
-            )
-        });
-        let confirms = futures_util::future::try_join_all(publishes).await?;
-        for confirm in confirms {
-            match confirm.await? {
-                Confirmation::Ack(None) => {}
-                Confirmation::Ack(Some(returned)) => {
-                    return Err(PublishError::Unroutable(returned.reply_text.to_string()));
-                }
-                Confirmation::Nack(_) => return Err(PublishError::Nacked),
-                Confirmation::NotRequested => return Err(PublishError::Nacked),
-            }
-        }
-        Ok(())
+        session
+            .channels
+            .publish(&session.publishing, role, messages, CONFIRM_TIMEOUT)
+            .await
     }
 
     /// Declares the cache queue of `bucket` once per connection (buckets of timeouts
@@ -181,8 +188,8 @@ impl Broker {
         {
             return Ok(());
         }
-        // A separate channel: a failed declare closes its channel, not the publisher's.
-        let channel = session.connection.create_channel().await?;
+        // A channel of its own: a failed declare closes its channel, nobody else's.
+        let channel = session.consuming.create_channel().await?;
         self.topology.declare_cache_queue(&channel, bucket).await?;
         let _ = channel.close(200, "declared".into()).await;
         if let Ok(mut set) = session.declared_buckets.lock() {
@@ -191,8 +198,8 @@ impl Broker {
         Ok(())
     }
 
-    /// Opens a fresh channel on the current connection, for a one-off operation.
+    /// Opens a fresh channel on the consuming connection, for a one-off operation.
     pub async fn channel(&self) -> Result<Channel, PublishError> {
-        Ok(self.current()?.connection.create_channel().await?)
+        Ok(self.current()?.consuming.create_channel().await?)
     }
 }

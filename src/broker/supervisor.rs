@@ -8,8 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lapin::options::ConfirmSelectOptions;
-use lapin::{Channel, Connection, ConnectionProperties, Event};
+use lapin::{Connection, ConnectionProperties, Event};
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::ReconnectBackoff;
@@ -19,7 +18,7 @@ use crate::liveness::Heartbeat;
 
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often the supervisor checks the connection and the publishing channel.
+/// How often the supervisor checks both connections.
 const HEALTH_CHECK: Duration = Duration::from_millis(250);
 
 /// Why the supervisor stopped trying.
@@ -60,7 +59,7 @@ pub async fn supervise(
                 tracing::info!(node = %session.node, prefix = %broker.topology.prefix, "broker connected, topology declared");
                 reported_down = false;
                 backoff.connected(Instant::now());
-                let cause = watch_session(&broker, session.clone(), &shutdown).await;
+                let cause = watch_session(&session, &shutdown).await;
                 broker.session.send_replace(None);
                 backoff.lost(Instant::now());
                 if shutdown.is_cancelled() {
@@ -124,21 +123,24 @@ async fn connect_round(
 }
 
 async fn connect(broker: &Broker, endpoint: &Endpoint) -> Result<Session, lapin::Error> {
-    let connecting = Connection::connect_uri(endpoint.uri(), ConnectionProperties::default());
-    let connection = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-        Ok(result) => result?,
-        Err(_) => {
-            let timeout = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
-            return Err(lapin::ErrorKind::IOError(Arc::new(timeout)).into());
-        }
-    };
-    let declaring = connection.create_channel().await?;
+    let prefix = &broker.topology.prefix;
+    let consuming = open(endpoint, &format!("order-timeout {prefix} consume")).await?;
+    let declaring = consuming.create_channel().await?;
     broker.topology.declare(&declaring).await?;
     let _ = declaring.close(200, "declared".into()).await;
-    let publisher = publisher_channel(&connection).await?;
+    let publishing = match open(endpoint, &format!("order-timeout {prefix} publish")).await {
+        Ok(publishing) => publishing,
+        Err(error) => {
+            let _ = consuming
+                .close(200, "publishing connection failed".into())
+                .await;
+            return Err(error);
+        }
+    };
     let session = Session {
-        connection: Arc::new(connection),
-        publisher,
+        consuming: Arc::new(consuming),
+        publishing: Arc::new(publishing),
+        channels: Arc::default(),
         declared_buckets: Arc::new(Mutex::new(HashSet::new())),
         node: Arc::from(endpoint.name()),
     };
@@ -146,49 +148,61 @@ async fn connect(broker: &Broker, endpoint: &Endpoint) -> Result<Session, lapin:
     Ok(session)
 }
 
-async fn publisher_channel(connection: &Connection) -> Result<Channel, lapin::Error> {
-    let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    Ok(channel)
+/// One connection to `endpoint`, named for `rabbitmqctl list_connections` and the
+/// management UI.
+async fn open(endpoint: &Endpoint, name: &str) -> Result<Connection, lapin::Error> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    let connecting = Connection::connect_uri(endpoint.uri(), properties);
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(result) => result,
+        Err(_) => {
+            let timeout = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
+            Err(lapin::ErrorKind::IOError(Arc::new(timeout)).into())
+        }
+    }
 }
 
-/// Waits until the connection is lost (or shutdown), replacing the publishing channel
-/// if a channel-level error closed it. Returns why the connection ended.
-async fn watch_session(
-    broker: &Broker,
-    mut session: Session,
-    shutdown: &CancellationToken,
-) -> String {
-    let mut events = session.connection.events_listener();
+/// Waits until either connection is lost (or shutdown), then closes both. Returns why
+/// the session ended. A publisher channel closed by the broker is reopened by the next
+/// publish of its role, not here.
+async fn watch_session(session: &Session, shutdown: &CancellationToken) -> String {
+    let mut consuming_events = session.consuming.events_listener();
+    let mut publishing_events = session.publishing.events_listener();
     let mut tick = tokio::time::interval(HEALTH_CHECK);
-    loop {
+    let cause = loop {
         tokio::select! {
-            _ = shutdown.cancelled() => {
-                let _ = session.connection.close(200, "shutting down".into()).await;
-                return "shutdown".into();
-            }
-            event = events.next() => match event {
-                Some(Event::Error(error)) => return error.to_string(),
-                Some(_) => {}
-                None => return "connection events ended".into(),
+            _ = shutdown.cancelled() => break "shutdown".to_owned(),
+            event = consuming_events.next() => if let Some(cause) = ended("consuming", event) {
+                break cause;
+            },
+            event = publishing_events.next() => if let Some(cause) = ended("publishing", event) {
+                break cause;
             },
             _ = tick.tick() => {
-                if !session.connection.status().connected() {
-                    return "connection closed".into();
+                if !session.consuming.status().connected() {
+                    break "consuming connection closed".into();
                 }
-                if !session.publisher.status().connected() {
-                    tracing::warn!("publishing channel closed by the broker, opening a new one");
-                    match publisher_channel(&session.connection).await {
-                        Ok(channel) => {
-                            session.publisher = channel;
-                            broker.session.send_replace(Some(session.clone()));
-                        }
-                        Err(error) => return error.to_string(),
-                    }
+                if !session.publishing.status().connected() {
+                    break "publishing connection closed".into();
                 }
             }
         }
+    };
+    let reason = if cause == "shutdown" {
+        "shutting down"
+    } else {
+        "session ended"
+    };
+    let _ = session.consuming.close(200, reason.into()).await;
+    let _ = session.publishing.close(200, reason.into()).await;
+    cause
+}
+
+/// Why a connection's event stream says it ended, if it does.
+fn ended(which: &str, event: Option<Event>) -> Option<String> {
+    match event {
+        Some(Event::Error(error)) => Some(format!("{which} connection: {error}")),
+        Some(_) => None,
+        None => Some(format!("{which} connection events ended")),
     }
 }

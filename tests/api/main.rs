@@ -5,6 +5,7 @@ mod helpers;
 mod proxy;
 
 mod broker_nodes;
+mod broker_publish;
 mod chaos;
 mod console;
 mod deadlines;
