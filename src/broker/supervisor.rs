@@ -18,6 +18,8 @@ use crate::liveness::Heartbeat;
 
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for the broker to acknowledge closing a connection.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the supervisor checks both connections.
 const HEALTH_CHECK: Duration = Duration::from_millis(250);
 
@@ -188,14 +190,24 @@ async fn watch_session(session: &Session, shutdown: &CancellationToken) -> Strin
             }
         }
     };
-    let reason = if cause == "shutdown" {
-        "shutting down"
+    // A close waits for the broker's close-ok, which a cut connection never sends: bound
+    // it, and after a loss do not wait for it at all (the other connection of the pair
+    // may still be up and must not linger on a node we are leaving).
+    let closing = close_both(session.clone());
+    if cause == "shutdown" {
+        closing.await;
     } else {
-        "session ended"
-    };
-    let _ = session.consuming.close(200, reason.into()).await;
-    let _ = session.publishing.close(200, reason.into()).await;
+        tokio::spawn(closing);
+    }
     cause
+}
+
+async fn close_both(session: Session) {
+    let close = |connection: Arc<Connection>| async move {
+        let closing = connection.close(200, "session ended".into());
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
+    };
+    tokio::join!(close(session.consuming), close(session.publishing));
 }
 
 /// Why a connection's event stream says it ended, if it does.
