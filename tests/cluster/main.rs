@@ -144,7 +144,14 @@ async fn node_killed_under_load(cluster: &Cluster, victim: Victim) -> Verdict {
     .await;
     if !settled {
         let queues = cluster.describe_queues(&app.topology.prefix);
-        panic!("{victim:?}: orders still pending 40 s after the load; queues:\n{queues}");
+        let pending = app.count_orders("pending").await;
+        let outbox: i64 = sqlx::query_scalar("select count(*) from outbox")
+            .fetch_one(&app.pool)
+            .await
+            .expect("outbox rows");
+        panic!(
+            "{victim:?}: {pending} orders still pending 40 s after the load, {outbox} outbox rows left; queues:\n{queues}"
+        );
     }
     verify(
         &app,
