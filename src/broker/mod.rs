@@ -170,10 +170,51 @@ impl Broker {
         messages: &[Outgoing<'_>],
     ) -> Result<(), PublishError> {
         let session = self.current()?;
-        session
+        let outcome = session
             .channels
             .publish(&session.publishing, role, messages, CONFIRM_TIMEOUT)
+            .await;
+        let Err(PublishError::Unroutable { routing_keys, .. }) = &outcome else {
+            return outcome;
+        };
+        // A cache queue deleted at run time: redeclare it and send what came back again
+        // (once). Other unroutable messages are the caller's to handle.
+        let missing = self.missing_cache_queues(routing_keys);
+        if missing.is_empty() {
+            return outcome;
+        }
+        for (queue, bucket) in &missing {
+            tracing::warn!(%queue, "cache queue missing, redeclaring it");
+            self.forget_bucket(&session, bucket);
+            self.ensure_cache_queue(bucket).await?;
+        }
+        let again: Vec<Outgoing<'_>> = messages
+            .iter()
+            .filter(|m| missing.iter().any(|(queue, _)| queue == m.routing_key))
+            .cloned()
+            .collect();
+        session
+            .channels
+            .publish(&session.publishing, role, &again, CONFIRM_TIMEOUT)
             .await
+    }
+
+    /// The returned routing keys that name a cache queue, with their bucket.
+    fn missing_cache_queues(&self, routing_keys: &[String]) -> Vec<(String, String)> {
+        let prefix = self.topology.cache_queue("");
+        let mut missing: Vec<(String, String)> = routing_keys
+            .iter()
+            .filter_map(|key| Some((key.clone(), key.strip_prefix(&prefix)?.to_owned())))
+            .collect();
+        missing.sort();
+        missing.dedup();
+        missing
+    }
+
+    fn forget_bucket(&self, session: &Session, bucket: &str) {
+        if let Ok(mut set) = session.declared_buckets.lock() {
+            set.remove(bucket);
+        }
     }
 
     /// Declares the cache queue of `bucket` once per connection (buckets of timeouts

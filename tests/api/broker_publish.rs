@@ -6,7 +6,10 @@
 
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use futures_util::future::join_all;
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation};
 use order_timeout::broker::{
@@ -15,7 +18,9 @@ use order_timeout::broker::{
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{AMQP_URL, TestApp, eventually};
+use crate::helpers::{AMQP_URL, TestApp, eventually, id_of};
+
+const WITHIN: Duration = Duration::from_secs(15);
 
 /// Publishes `count` messages pipelined on `channel`, then awaits their confirms and
 /// says for each whether it came back carrying a returned message.
@@ -136,4 +141,46 @@ async fn concurrent_publishers_each_get_their_own_outcome() {
         }
     }
     stop.cancel();
+}
+
+#[tokio::test]
+async fn a_cache_queue_deleted_at_run_time_is_redeclared_and_its_timers_still_fire() {
+    let app = TestApp::spawn().await;
+    let first = id_of(&app.create_order().await);
+    app.wait_for_order_status(&first, "cancelled", WITHIN).await;
+    let (kind, timeout_ms) = app.topology.buckets[0];
+    let cache = app
+        .topology
+        .cache_queue(&format!("{}.{timeout_ms}", kind.as_str()));
+    app.channel()
+        .await
+        .queue_delete(cache.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .expect("delete the cache queue");
+
+    let ids: Vec<String> = join_all((0..10).map(|_| app.create_order()))
+        .await
+        .iter()
+        .map(id_of)
+        .collect();
+    for id in &ids {
+        app.wait_for_order_status(id, "cancelled", WITHIN).await;
+    }
+    // Redeclared by the broker layer (a passive declare fails on a missing queue), and
+    // no timer went to failed_messages on the way.
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let declared = app
+        .channel()
+        .await
+        .queue_declare(cache.as_str().into(), passive, FieldTable::default())
+        .await;
+    assert!(declared.is_ok(), "{cache} was not redeclared: {declared:?}");
+    let failed: i64 = sqlx::query_scalar("select count(*) from failed_messages")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(failed, 0);
 }
