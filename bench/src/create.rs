@@ -30,6 +30,14 @@ pub struct CreateReport {
     pub raw_insert: Throughput,
     /// `api.per_second / raw_insert.per_second`.
     pub ratio: f64,
+    /// pgbench running single-row INSERT transactions into the same table with as many
+    /// clients (`su postgres -c 'pgbench -n -c N -j 2 -T S -f script DB'`): PostgreSQL's
+    /// own limit without a Rust client; `None` when pgbench could not run.
+    pub pgbench_tps: Option<f64>,
+    /// `api.per_second / pgbench_tps`.
+    pub ratio_to_pgbench: Option<f64>,
+    /// `pg_total_relation_size('outbox')` once the relay drained after the API load.
+    pub outbox_bytes_after: Option<i64>,
     /// How long after the API load the relay still published (`None`: not within 2 min).
     pub outbox_drained_after_s: Option<f64>,
     /// The service's counters over the phase.
@@ -44,7 +52,7 @@ pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<CreateReport> 
         warmup: WARMUP,
         measure: Duration::from_secs(sizes.create_seconds),
     };
-    let raw_insert = raw_insert(env, sizes, stop).await?;
+    let (raw_insert, pgbench_tps) = raw_insert(env, sizes, stop).await?;
     let before = api.counters().await;
     let tag: Arc<str> = env.tag("create").into();
     let bar = load::timed_bar(
@@ -59,12 +67,19 @@ pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<CreateReport> 
     })
     .await;
     let drained = env.wait_outbox_drained(Duration::from_secs(120)).await?;
+    let outbox_bytes_after = sqlx::query_scalar("select pg_total_relation_size('outbox')")
+        .fetch_one(&env.pool)
+        .await
+        .ok();
     let counters = api.counters().await.since(&before);
     service.stop().await?;
     Ok(CreateReport {
         concurrency: sizes.concurrency,
         pool_size: sizes.pool_size,
         ratio: api_load.per_second / raw_insert.per_second.max(1e-9),
+        ratio_to_pgbench: pgbench_tps.map(|tps| api_load.per_second / tps.max(1e-9)),
+        pgbench_tps,
+        outbox_bytes_after,
         api: api_load,
         raw_insert,
         outbox_drained_after_s: drained.map(|d| d.as_secs_f64()),
@@ -73,7 +88,11 @@ pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<CreateReport> 
 }
 
 /// The baseline: what PostgreSQL does with the same concurrency and pool, no service.
-async fn raw_insert(env: &BenchEnv, sizes: &Sizes, stop: Stop) -> anyhow::Result<Throughput> {
+async fn raw_insert(
+    env: &BenchEnv,
+    sizes: &Sizes,
+    stop: Stop,
+) -> anyhow::Result<(Throughput, Option<f64>)> {
     let pool = PgPoolOptions::new()
         .max_connections(sizes.pool_size)
         .connect(env.database_url())
@@ -112,9 +131,56 @@ async fn raw_insert(env: &BenchEnv, sizes: &Sizes, stop: Stop) -> anyhow::Result
         }
     })
     .await;
+    let pgbench_tps = pgbench(env, sizes).await;
     sqlx::query("drop table bench_raw_orders")
         .execute(&pool)
         .await?;
     pool.close().await;
-    Ok(throughput)
+    Ok((throughput, pgbench_tps))
+}
+
+/// Runs pgbench as the `postgres` user: single-row INSERT transactions into
+/// `bench_raw_orders` from `sizes.concurrency` clients for `sizes.create_seconds`.
+/// Returns its tps (without connection time), or `None` (logged) when it cannot run.
+async fn pgbench(env: &BenchEnv, sizes: &Sizes) -> Option<f64> {
+    let database = env
+        .database_url()
+        .rsplit('/')
+        .next()?
+        .split('?')
+        .next()?
+        .to_owned();
+    let script = std::env::temp_dir().join(format!("ot-bench-insert-{}.sql", std::process::id()));
+    let sql = "insert into bench_raw_orders (id, customer_id, amount_cents, currency, expires_at) \
+               values (gen_random_uuid(), 'bench-pgbench', 1999, 'EUR', now() + interval '1 hour');\n";
+    std::fs::write(&script, sql).ok()?;
+    let command = format!(
+        "pgbench -n -c {} -j 2 -T {} -f {} {}",
+        sizes.concurrency,
+        sizes.create_seconds.max(1),
+        script.display(),
+        database
+    );
+    let output = tokio::process::Command::new("su")
+        .args(["postgres", "-c", &command])
+        .output()
+        .await;
+    let _ = std::fs::remove_file(&script);
+    let output = output
+        .map_err(|e| eprintln!("pgbench did not run: {e}"))
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let tps = text
+        .lines()
+        .find(|line| line.starts_with("tps = "))
+        .and_then(|line| line["tps = ".len()..].split_whitespace().next())
+        .and_then(|n| n.parse().ok());
+    if tps.is_none() {
+        eprintln!(
+            "pgbench gave no tps: {}{}",
+            text,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    tps
 }
