@@ -76,124 +76,22 @@ impl Spec {
         body["content"]["application/json"].get("example").cloned()
     }
 
-    /// Checks a value against the JSON-Schema subset the document uses: `$ref`, `allOf`,
-    /// `oneOf`, `type`, `enum`, `const`, `required`, `properties`, `additionalProperties: false`,
-    /// `items`, `minimum`/`maximum`, `minLength`/`maxLength`, `minItems`/`maxItems` and
-    /// the `uuid` and `date-time` formats.
+    /// Checks a value against a schema of the document with the `jsonschema` crate
+    /// (draft 2020-12, the dialect of OpenAPI 3.1, formats such as `uuid` and `date-time`
+    /// checked); the document's `components` go along so local `$ref`s resolve.
     fn validate(&self, schema: &Value, value: &Value, at: &str, errors: &mut Vec<String>) {
-        let schema = self.resolve(schema);
-        for part in schema
-            .get("allOf")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            self.validate(part, value, at, errors);
-        }
-        if let Some(choices) = schema.get("oneOf").and_then(Value::as_array) {
-            let matching = choices.iter().filter(|choice| {
-                let mut choice_errors = Vec::new();
-                self.validate(choice, value, at, &mut choice_errors);
-                choice_errors.is_empty()
-            });
-            if matching.count() != 1 {
-                errors.push(format!(
-                    "{at}: {value} does not match exactly one of {choices:?}"
-                ));
-            }
-        }
-        if let Some(types) = schema.get("type") {
-            let allowed: Vec<&str> = match types {
-                Value::String(one) => vec![one.as_str()],
-                Value::Array(many) => many.iter().filter_map(Value::as_str).collect(),
-                other => panic!("{at}: bad type {other}"),
-            };
-            if !allowed.iter().any(|t| has_type(value, t)) {
-                errors.push(format!("{at}: {value} is not of type {types}"));
-                return;
-            }
-        }
-        if let Some(options) = schema.get("enum").and_then(Value::as_array)
-            && !options.contains(value)
-        {
-            errors.push(format!("{at}: {value} is not one of {options:?}"));
-        }
-        if let Some(constant) = schema.get("const")
-            && constant != value
-        {
-            errors.push(format!("{at}: {value} is not {constant}"));
-        }
-        match value {
-            Value::Object(map) => {
-                for name in schema
-                    .get("required")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    let name = name.as_str().expect("required names");
-                    if !map.contains_key(name) {
-                        errors.push(format!("{at}: required property {name} is missing"));
-                    }
-                }
-                let properties = schema.get("properties").and_then(Value::as_object);
-                for (name, member) in map {
-                    match properties.and_then(|p| p.get(name)) {
-                        Some(member_schema) => {
-                            self.validate(member_schema, member, &format!("{at}.{name}"), errors)
-                        }
-                        None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => {
-                            errors.push(format!("{at}: undocumented property {name}"));
-                        }
-                        None => {}
-                    }
-                }
-            }
-            Value::Array(items) => {
-                if let Some(item_schema) = schema.get("items") {
-                    for (i, item) in items.iter().enumerate() {
-                        self.validate(item_schema, item, &format!("{at}[{i}]"), errors);
-                    }
-                }
-                check_bounds(
-                    schema,
-                    "minItems",
-                    "maxItems",
-                    items.len() as f64,
-                    at,
-                    errors,
-                );
-            }
-            Value::String(text) => {
-                check_bounds(
-                    schema,
-                    "minLength",
-                    "maxLength",
-                    text.chars().count() as f64,
-                    at,
-                    errors,
-                );
-                let well_formed = match schema.get("format").and_then(Value::as_str) {
-                    Some("uuid") => Uuid::parse_str(text).is_ok(),
-                    Some("date-time") => chrono::DateTime::parse_from_rfc3339(text).is_ok(),
-                    _ => true,
-                };
-                if !well_formed {
-                    errors.push(format!("{at}: {text:?} is not a {}", schema["format"]));
-                }
-            }
-            Value::Number(number) => {
-                check_bounds(
-                    schema,
-                    "minimum",
-                    "maximum",
-                    number.as_f64().unwrap_or_default(),
-                    at,
-                    errors,
-                );
-            }
-            Value::Bool(_) | Value::Null => {}
-        }
+        let mut root = json!({ "allOf": [schema] });
+        root["components"] = self.0["components"].clone();
+        let validator = jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .should_validate_formats(true)
+            .build(&root)
+            .unwrap_or_else(|e| panic!("{at}: the documented schema does not compile: {e}"));
+        errors.extend(
+            validator
+                .iter_errors(value)
+                .map(|error| format!("{at}{}: {error}", error.instance_path())),
+        );
     }
 
     /// Checks an answer against the documented responses of `method template` and returns
@@ -277,39 +175,6 @@ impl Answer {
         let body: Value = serde_json::from_str(&self.text).unwrap_or(Value::Null);
         self.status == StatusCode::NOT_FOUND
             && body == json!({"error": {"code": "not_found", "message": "no such route"}})
-    }
-}
-
-fn has_type(value: &Value, name: &str) -> bool {
-    match name {
-        "object" => value.is_object(),
-        "array" => value.is_array(),
-        "string" => value.is_string(),
-        "integer" => value.is_i64() || value.is_u64(),
-        "number" => value.is_number(),
-        "boolean" => value.is_boolean(),
-        "null" => value.is_null(),
-        other => panic!("unknown type {other}"),
-    }
-}
-
-fn check_bounds(
-    schema: &Value,
-    low: &str,
-    high: &str,
-    actual: f64,
-    at: &str,
-    errors: &mut Vec<String>,
-) {
-    if let Some(min) = schema.get(low).and_then(Value::as_f64)
-        && actual < min
-    {
-        errors.push(format!("{at}: {actual} is below {low} {min}"));
-    }
-    if let Some(max) = schema.get(high).and_then(Value::as_f64)
-        && actual > max
-    {
-        errors.push(format!("{at}: {actual} is above {high} {max}"));
     }
 }
 
@@ -421,6 +286,31 @@ impl<'a> Caller<'a> {
         }
         answer
     }
+}
+
+/// The schema check can fail: a wrong type, a malformed uuid and an undocumented member
+/// of an order are each reported.
+#[test]
+fn the_schema_check_rejects_what_the_spec_does_not_allow() {
+    let spec = Spec::load();
+    let schema = json!({"$ref": "#/components/schemas/Order"});
+    for wrong in [
+        json!({"id": "not-a-uuid"}),
+        json!("an order"),
+        json!({"status": "lost"}),
+    ] {
+        let mut errors = Vec::new();
+        spec.validate(&schema, &wrong, "body", &mut errors);
+        assert!(!errors.is_empty(), "{wrong} passed as an Order");
+    }
+    let mut errors = Vec::new();
+    spec.validate(
+        &json!({"$ref": "#/components/schemas/OrderStatus"}),
+        &json!("pending"),
+        "body",
+        &mut errors,
+    );
+    assert!(errors.is_empty(), "{errors:?}");
 }
 
 #[test]
