@@ -45,6 +45,16 @@ pub struct Config {
     #[arg(long, env = "WAYBILL_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
     pub waybill_timeout: Duration,
 
+    /// How long before its deadline a still-pending order gets one `order.expiring`
+    /// event (again after an extension); unset: no reminders.
+    #[arg(long, env = "ORDER_REMIND_BEFORE", value_parser = parse_duration)]
+    pub order_remind_before: Option<Duration>,
+
+    /// How long before its deadline a still-pending waybill gets one `waybill.expiring`
+    /// event; unset: no reminders.
+    #[arg(long, env = "WAYBILL_REMIND_BEFORE", value_parser = parse_duration)]
+    pub waybill_remind_before: Option<Duration>,
+
     /// The longest `timeout_seconds` a create may ask for, and the furthest from now an
     /// extension may move a deadline. Also bounds the re-arm delay levels.
     #[arg(long, env = "MAX_TIMEOUT", default_value = "7d", value_parser = parse_duration)]
@@ -311,6 +321,15 @@ impl Config {
             crate::domain::EntityKind::Order => self.order_timeout,
             crate::domain::EntityKind::Waybill => self.waybill_timeout,
         }
+    }
+
+    /// How long before a deadline of `kind` its reminder is due; `None`: no reminders.
+    pub fn remind_before_of(&self, kind: crate::domain::EntityKind) -> Option<Duration> {
+        match kind {
+            crate::domain::EntityKind::Order => self.order_remind_before,
+            crate::domain::EntityKind::Waybill => self.waybill_remind_before,
+        }
+        .filter(|before| !before.is_zero())
     }
 }
 

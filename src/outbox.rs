@@ -404,6 +404,20 @@ fn timer_plan(
             declare_bucket: None,
         };
     }
+    if !topology.is_cache_bucket(bucket) {
+        // Not a configured timeout (a client's own `timeout_seconds`, a reminder after an
+        // extension, a bucket of an earlier configuration): the largest delay level not
+        // longer than the time left, and the consumer re-arms it for the rest (rule 4).
+        // Clients never make the service declare queues.
+        return Plan {
+            exchange: String::new(),
+            routing_key: topology.level_queue(topology.level_for(ms_left as u64)),
+            body,
+            properties,
+            mandatory: true,
+            declare_bucket: None,
+        };
+    }
     Plan {
         exchange: String::new(),
         routing_key: topology.cache_queue(bucket),

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::PgPool;
@@ -17,6 +18,7 @@ use crate::config::Config;
 use crate::domain::EntityKind;
 use crate::liveness::{Liveness, Loop};
 use crate::retry::DeliveryRouter;
+use crate::store::deadlines::FirstTimer;
 use crate::store::{self, CallLimit};
 use crate::sweeper::Sweeper;
 use crate::timeouts::DueConsumer;
@@ -142,6 +144,7 @@ impl Application {
             }),
             concurrency: usize::from(config.consumer_concurrency),
             prefetch: config.prefetch,
+            remind_before: EntityKind::ALL.map(|kind| config.remind_before_of(kind)),
             call_limit,
             heartbeat: liveness.of(Loop::Consumer),
         };
@@ -205,10 +208,15 @@ impl Application {
 
 /// The topology this configuration declares.
 pub fn topology_of(config: &Config) -> Topology {
-    let timeouts = [
-        (EntityKind::Order, config.order_timeout),
-        (EntityKind::Waybill, config.waybill_timeout),
-    ];
+    // One cache bucket per kind for the TTL its first timers have: the configured
+    // timeout, or that less REMIND_BEFORE when the first timer is the reminder's.
+    let timeouts: Vec<(EntityKind, Duration)> = EntityKind::ALL
+        .into_iter()
+        .map(|kind| {
+            let timer = FirstTimer::plan(config.timeout_of(kind), config.remind_before_of(kind));
+            (kind, timer.wait())
+        })
+        .collect();
     Topology::new(
         &config.queue_prefix,
         &timeouts,

@@ -43,6 +43,10 @@ pub struct DueConsumer {
     pub concurrency: usize,
     /// Unacked deliveries the broker may push.
     pub prefetch: u16,
+    /// How long before each kind's deadline its `*.expiring` reminder is due, indexed
+    /// by `EntityKind as usize` (ORDER_REMIND_BEFORE, WAYBILL_REMIND_BEFORE); `None`: no
+    /// reminders for that kind.
+    pub remind_before: [Option<std::time::Duration>; 2],
     /// Bounds each batch's cancel, so a hung connection cannot hold a batch forever.
     pub call_limit: CallLimit,
     /// Marks batches in flight, so a wedged consumer is noticed (`/healthz`).
@@ -152,7 +156,8 @@ impl DueConsumer {
         let mut done = Vec::new();
         for (kind, batch) in by_kind {
             let ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
-            let cancelling = expiry::cancel_if_due(&self.pool, kind, &ids);
+            let remind_before = self.remind_before[kind as usize];
+            let cancelling = expiry::cancel_if_due(&self.pool, kind, &ids, remind_before);
             match self.call_limit.run("cancel_due", cancelling).await {
                 Ok(fates) => {
                     split_by_fate(kind, batch, &fates, &mut done, &mut routes);
@@ -201,6 +206,11 @@ fn split_by_fate(
             Fate::NotYetDue(ms_left) => {
                 routes.push((delivery, Disposition::Rearm(ms_left)));
                 "rearmed"
+            }
+            Fate::Reminded(ms_left) => {
+                tracing::info!(entity_id = %id, kind = kind.as_str(), ms_left, "reminded before its deadline");
+                routes.push((delivery, Disposition::Rearm(ms_left)));
+                "reminded"
             }
             Fate::NotFound => {
                 routes.push((

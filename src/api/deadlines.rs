@@ -14,7 +14,7 @@ use super::extract::{EntityId, JsonBody};
 use crate::domain::{
     BulkExtension, Extension, FieldError, Order, OrderStatus, Waybill, WaybillStatus,
 };
-use crate::store::deadlines::{self, BulkOutcome, Extended};
+use crate::store::deadlines::{self, BulkLimits, BulkOutcome, Extended};
 use crate::store::entities::Entity;
 
 /// Rows extended per statement by a bulk extension.
@@ -87,7 +87,13 @@ async fn extend<T: Entity>(
     let kind = T::KIND.as_str();
     let outcome = entity_handlers::within_deadline(
         state,
-        deadlines::extend::<T>(&state.pool, id, extension.seconds, max),
+        deadlines::extend::<T>(
+            &state.pool,
+            id,
+            extension.seconds,
+            max,
+            state.config.remind_before_of(T::KIND),
+        ),
     )
     .await?;
     match outcome {
@@ -141,8 +147,12 @@ async fn bulk_extend(
     body: JsonBody,
 ) -> Result<Json<BulkOutcome>, ApiError> {
     let request = BulkExtension::parse(&body.value, state.config.max_timeout)?;
-    let outcome =
-        deadlines::bulk_extend(&state.pool, &request, state.config.max_timeout, BULK_BATCH).await?;
+    let limits = BulkLimits {
+        max: state.config.max_timeout,
+        batch: BULK_BATCH,
+        remind_before: state.config.remind_before_of(request.kind),
+    };
+    let outcome = deadlines::bulk_extend(&state.pool, &request, limits).await?;
     if outcome.extended > 0 {
         metrics::counter!("order_timeout_entities_total", "kind" => request.kind.as_str(), "event" => "extended")
             .increment(outcome.extended);

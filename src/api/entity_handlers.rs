@@ -13,8 +13,9 @@ use uuid::Uuid;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{JsonBody, QueryPairs};
-use crate::domain::FieldError;
+use crate::domain::{FieldError, take_timeout};
 use crate::store::batcher::Batched;
+use crate::store::deadlines::FirstTimer;
 use crate::store::entities::{self, CreateRequest, Entity, ListFilter, Owner};
 use crate::store::idempotency::IdempotencyKey;
 
@@ -31,10 +32,12 @@ pub async fn create<N: Batched>(
     parse: fn(&Value) -> Result<N, FieldError>,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(headers, scope, &body)?;
-    let new = parse(&body.value)?;
+    let (own_timeout, fields) = take_timeout(&body.value, state.config.max_timeout)?;
+    let new = parse(&fields)?;
     let kind = <N::Entity as Entity>::KIND;
-    let timeout = state.config.timeout_of(kind);
-    let request = CreateRequest { new, timeout, key };
+    let timeout = own_timeout.unwrap_or_else(|| state.config.timeout_of(kind));
+    let timer = FirstTimer::plan(timeout, state.config.remind_before_of(kind));
+    let request = CreateRequest { new, timer, key };
     let created = within_deadline(state, N::batcher(&state.creates).create(request)).await?;
     let id = created.entity.id();
     let status = if created.replayed {

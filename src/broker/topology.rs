@@ -88,6 +88,16 @@ impl Topology {
         format!("{}.cache.{bucket}", self.prefix)
     }
 
+    /// Whether `bucket` (as stored in the outbox, `kind.timeout_ms`) is one this topology
+    /// declares a cache queue for. Any other timer (a client's own timeout, a reminder
+    /// after an extension, a bucket of an earlier configuration) goes through the delay
+    /// levels instead, so clients cannot make the service declare queues.
+    pub fn is_cache_bucket(&self, bucket: &str) -> bool {
+        self.buckets
+            .iter()
+            .any(|(kind, ms)| bucket.strip_prefix(kind.as_str()) == Some(&format!(".{ms}")))
+    }
+
     /// The retry queue of a delay.
     pub fn retry_queue(&self, delay_ms: u64) -> String {
         format!("{}.retry.{delay_ms}", self.prefix)
@@ -263,6 +273,16 @@ mod tests {
         assert_eq!(t.retry_queue(5000), "p.retry.5000");
         assert!(t.all_queues().iter().all(|q| q.starts_with("p.")));
         assert!(t.all_queues().contains(&"p.cache.waybill.3000".to_owned()));
+    }
+
+    #[test]
+    fn only_configured_buckets_are_cache_buckets() {
+        let t = topology();
+        assert!(t.is_cache_bucket("order.2000"));
+        assert!(t.is_cache_bucket("waybill.3000"));
+        assert!(!t.is_cache_bucket("order.3000"));
+        assert!(!t.is_cache_bucket("order.own"));
+        assert!(!t.is_cache_bucket("order.20001"));
     }
 
     #[test]

@@ -24,6 +24,25 @@ pub fn parse_seconds(field: &str, value: Option<&Value>, max: Duration) -> Resul
     }
 }
 
+/// Takes the optional `timeout_seconds` (1..=MAX_TIMEOUT) out of a create body: the
+/// entity's own timeout, and the rest of the body for the entity's parser. A body that
+/// is not an object is handed on as it is (its parser names the problem).
+pub fn take_timeout(body: &Value, max: Duration) -> Result<(Option<Duration>, Value), FieldError> {
+    let Value::Object(fields) = body else {
+        return Ok((None, body.clone()));
+    };
+    let mut rest = fields.clone();
+    let timeout = match rest.remove("timeout_seconds") {
+        None | Some(Value::Null) => None,
+        value => Some(Duration::from_secs(parse_seconds(
+            "timeout_seconds",
+            value.as_ref(),
+            max,
+        )?)),
+    };
+    Ok((timeout, Value::Object(rest)))
+}
+
 /// The body of `POST /orders/{id}/extend` and `POST /waybills/{id}/extend`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Extension {
@@ -163,6 +182,19 @@ mod tests {
         }
         assert_eq!(field_of(json!({"seconds": 1, "minutes": 2})), "minutes");
         assert_eq!(field_of(json!([1])), "body");
+    }
+
+    #[test]
+    fn a_create_body_gives_up_its_own_timeout_and_keeps_the_rest() {
+        let body = json!({"customer_id": "c", "timeout_seconds": 90});
+        let (timeout, rest) = take_timeout(&body, WEEK).unwrap();
+        assert_eq!(timeout, Some(Duration::from_secs(90)));
+        assert_eq!(rest, json!({"customer_id": "c"}));
+        assert_eq!(take_timeout(&json!({"a": 1}), WEEK).unwrap().0, None);
+        for bad in [json!(0), json!(604_801), json!("90"), json!(9.5)] {
+            let error = take_timeout(&json!({ "timeout_seconds": bad }), WEEK).unwrap_err();
+            assert_eq!(error.field, "timeout_seconds");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ mod fields;
 mod order;
 mod waybill;
 
-pub use deadline::{BulkExtension, Extension, parse_seconds};
+pub use deadline::{BulkExtension, Extension, parse_seconds, take_timeout};
 pub use fields::{
     CarrierId, Currency, CustomerId, FieldError, Items, LineItem, Money, Place, RequiredText,
     is_invisible,
@@ -54,6 +54,14 @@ impl EntityKind {
         match self {
             EntityKind::Order => "order.extended",
             EntityKind::Waybill => "waybill.extended",
+        }
+    }
+
+    /// The routing key of the reminder emitted before an entity of this kind expires.
+    pub fn expiring_event(self) -> &'static str {
+        match self {
+            EntityKind::Order => "order.expiring",
+            EntityKind::Waybill => "waybill.expiring",
         }
     }
 

@@ -146,7 +146,7 @@ pub async fn answer_batch<N: NewEntity>(
         .iter()
         .map(|r| CreateRequest {
             new: r.new.clone(),
-            timeout: r.timeout,
+            timer: r.timer,
             key: r.key.clone(),
         })
         .collect();
@@ -156,7 +156,7 @@ pub async fn answer_batch<N: NewEntity>(
             tracing::warn!(%error, size = copies.len(), "create batch failed, writing each request alone");
             let alone = copies
                 .into_iter()
-                .map(|r| entities::create(pool, r.new, r.timeout, r.key));
+                .map(|r| entities::create(pool, r.new, r.timer, r.key));
             futures_util::future::join_all(alone).await
         }
     }
@@ -209,6 +209,8 @@ mod tests {
 
     use std::time::Duration;
 
+    use crate::store::deadlines::FirstTimer;
+
     use serde_json::json;
     use sqlx::PgPool;
 
@@ -227,7 +229,7 @@ mod tests {
     fn request(customer: &str, key: Option<&str>) -> CreateRequest<NewOrder> {
         CreateRequest {
             new: order(customer),
-            timeout: TIMEOUT,
+            timer: FirstTimer::plan(TIMEOUT, None),
             key: key.map(|k| IdempotencyKey::new("orders", k.into(), customer.as_bytes())),
         }
     }

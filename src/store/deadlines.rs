@@ -12,7 +12,39 @@ use uuid::Uuid;
 use super::StoreError;
 use super::entities::Entity;
 use super::outbox;
-use crate::domain::{BulkExtension, Order, Waybill};
+use crate::domain::{BulkExtension, EntityKind, Order, Waybill};
+
+/// When a new entity's first timer is due: at its reminder's moment when one is owed
+/// (the timeout is at least REMIND_BEFORE), else at its deadline. Its bucket is the time
+/// it waits (`outbox::inserted_timer_bucket`): the configured timeouts' buckets have
+/// cache queues, any other timeout (a client's `timeout_seconds`) goes through the delay
+/// levels, so clients cannot make the service declare queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FirstTimer {
+    /// The entity's timeout: its deadline is this long after the database's now.
+    pub timeout: Duration,
+    /// How long before the deadline the timer is due (REMIND_BEFORE or zero).
+    pub before_deadline: Duration,
+}
+
+impl FirstTimer {
+    /// The first timer of an entity with `timeout` whose reminders come `remind_before`
+    /// its deadline.
+    pub fn plan(timeout: Duration, remind_before: Option<Duration>) -> Self {
+        let before_deadline = remind_before
+            .filter(|before| *before <= timeout)
+            .unwrap_or(Duration::ZERO);
+        Self {
+            timeout,
+            before_deadline,
+        }
+    }
+
+    /// How long the timer waits from creation: the TTL its cache bucket is named for.
+    pub fn wait(&self) -> Duration {
+        self.timeout - self.before_deadline
+    }
+}
 
 /// What an extension did.
 #[derive(Debug)]
@@ -36,11 +68,16 @@ pub enum Extended<T> {
 /// Adds `seconds` to a pending entity's deadline if it has not passed yet in database
 /// time and the new one stays within `max` from now. A concurrent cancel or payment
 /// and this statement lock the same row, so at most one of them wins.
+///
+/// With `remind_before`, a timer for the new deadline's reminder is written too when one
+/// is owed and its moment is still ahead: the timer already in the broker may come only
+/// at the old deadline, after that moment.
 pub async fn extend<T: Entity>(
     pool: &PgPool,
     id: Uuid,
     seconds: u64,
     max: Duration,
+    remind_before: Option<Duration>,
 ) -> Result<Extended<T>, StoreError> {
     let update = format!(
         "update {table} set expires_at = expires_at + $2::bigint * interval '1 second',
@@ -51,14 +88,18 @@ pub async fn extend<T: Entity>(
          returning *",
         table = T::TABLE
     );
-    let sql = outbox::with_outbox(T::KIND, &update, T::KIND.extended_event(), None, "*");
+    let reminder = ReminderTimer::<T>::new("$4");
+    let timer = remind_before.map(|_| reminder.sql());
+    let sql = outbox::with_outbox(T::KIND, &update, T::KIND.extended_event(), timer, "*");
     let mut conn = pool.acquire().await?;
-    let changed = sqlx::query_as::<_, T>(AssertSqlSafe(sql))
+    let mut query = sqlx::query_as::<_, T>(AssertSqlSafe(sql))
         .bind(id)
         .bind(seconds as i64)
-        .bind(max.as_millis() as i64)
-        .fetch_optional(&mut *conn)
-        .await?;
+        .bind(max.as_millis() as i64);
+    if let Some(before) = remind_before {
+        query = query.bind(before.as_millis() as i64);
+    }
+    let changed = query.fetch_optional(&mut *conn).await?;
     if let Some(changed) = changed {
         outbox::written();
         return Ok(Extended::Done(changed));
@@ -83,6 +124,37 @@ pub async fn extend<T: Entity>(
             expired: row.try_get("expired")?,
             too_far: row.try_get("too_far")?,
         }),
+    }
+}
+
+/// The reminder timer an extension writes (SQL over the extended row, `changed`): due
+/// at the new deadline less REMIND_BEFORE (the parameter `param`, milliseconds), only
+/// when that reminder is owed and still ahead. Its bucket is no cache bucket, so it goes
+/// through the delay levels.
+struct ReminderTimer<T> {
+    bucket: String,
+    due: String,
+    only_if: String,
+    kind: std::marker::PhantomData<T>,
+}
+
+impl<T: Entity> ReminderTimer<T> {
+    fn new(param: &str) -> Self {
+        let moment = format!("changed.expires_at - {param}::bigint * interval '1 millisecond'");
+        Self {
+            bucket: format!("'{}.reminder'", T::KIND.as_str()),
+            only_if: format!("{} and {moment} > now()", reminder_owed(param)),
+            due: moment,
+            kind: std::marker::PhantomData,
+        }
+    }
+
+    fn sql(&self) -> outbox::TimerSql<'_> {
+        outbox::TimerSql {
+            bucket: &self.bucket,
+            due: &self.due,
+            only_if: Some(&self.only_if),
+        }
     }
 }
 
@@ -113,25 +185,36 @@ fn bulk_filter<T: Entity>() -> String {
 pub async fn bulk_extend(
     pool: &PgPool,
     request: &BulkExtension,
-    max: Duration,
-    batch: i64,
+    limits: BulkLimits,
 ) -> Result<BulkOutcome, StoreError> {
     match request.kind {
-        crate::domain::EntityKind::Order => {
-            bulk_extend_of::<Order>(pool, request, max, batch).await
-        }
-        crate::domain::EntityKind::Waybill => {
-            bulk_extend_of::<Waybill>(pool, request, max, batch).await
-        }
+        EntityKind::Order => bulk_extend_of::<Order>(pool, request, limits).await,
+        EntityKind::Waybill => bulk_extend_of::<Waybill>(pool, request, limits).await,
     }
+}
+
+/// The settings a bulk extension runs with.
+#[derive(Debug, Clone, Copy)]
+pub struct BulkLimits {
+    /// MAX_TIMEOUT: no new deadline further than this from now.
+    pub max: Duration,
+    /// Rows per statement.
+    pub batch: i64,
+    /// The kind's REMIND_BEFORE: each extension arms its reminder's timer (see
+    /// [`extend`]).
+    pub remind_before: Option<Duration>,
 }
 
 async fn bulk_extend_of<T: Entity>(
     pool: &PgPool,
     request: &BulkExtension,
-    max: Duration,
-    batch: i64,
+    limits: BulkLimits,
 ) -> Result<BulkOutcome, StoreError> {
+    let BulkLimits {
+        max,
+        batch,
+        remind_before,
+    } = limits;
     let owner = request
         .customer_id
         .as_ref()
@@ -170,7 +253,9 @@ async fn bulk_extend_of<T: Entity>(
         table = T::TABLE,
         filter = bulk_filter::<T>()
     );
-    let sql = outbox::with_outbox(T::KIND, &update, T::KIND.extended_event(), None, "id");
+    let reminder = ReminderTimer::<T>::new("$7");
+    let timer = remind_before.map(|_| reminder.sql());
+    let sql = outbox::with_outbox(T::KIND, &update, T::KIND.extended_event(), timer, "id");
     // Pages by id until a batch comes back empty: every row is visited once, and an
     // extended row is not extended again even if its new deadline still matches.
     let mut after = Uuid::nil();
@@ -180,15 +265,17 @@ async fn bulk_extend_of<T: Entity>(
         sqlx::query("select set_config('order_timeout.deadline_source', 'bulk', true)")
             .execute(&mut *tx)
             .await?;
-        let ids: Vec<Uuid> = sqlx::query_scalar(AssertSqlSafe(sql.as_str()))
+        let mut query = sqlx::query_scalar(AssertSqlSafe(sql.as_str()))
             .bind(owner.as_deref())
             .bind(request.expires_before)
             .bind(request.seconds as i64)
             .bind(max.as_millis() as i64)
             .bind(after)
-            .bind(batch)
-            .fetch_all(&mut *tx)
-            .await?;
+            .bind(batch);
+        if let Some(before) = remind_before {
+            query = query.bind(before.as_millis() as i64);
+        }
+        let ids: Vec<Uuid> = query.fetch_all(&mut *tx).await?;
         tx.commit().await?;
         if !ids.is_empty() {
             outbox::written();
@@ -239,4 +326,59 @@ pub async fn history<T: Entity>(pool: &PgPool, id: Uuid) -> Result<Vec<HistoryEn
         .bind(T::KIND.as_str())
         .fetch_all(pool)
         .await?)
+}
+
+/// SQL over `{table}` rows: a reminder is owed for the current deadline. It is owed when
+/// none was sent for this deadline yet and its moment (`$R` before the deadline) had not
+/// passed when the deadline was set (at creation, or by the last extension). `$R` is the
+/// remind-before in milliseconds, written as `{before}`.
+fn reminder_owed(before: &str) -> String {
+    format!(
+        "reminded_for is distinct from expires_at
+         and expires_at - {before}::bigint * interval '1 millisecond'
+             >= coalesce(extended_at, created_at)"
+    )
+}
+
+/// Writes the `*.expiring` reminder of every listed pending entity whose reminder moment
+/// has come (and whose deadline has not), once per deadline: the UPDATE of
+/// `reminded_for` is the dedupe, so duplicate or re-armed timers are harmless. Returns
+/// the ids reminded now.
+pub async fn remind_due<T: Entity>(
+    pool: &PgPool,
+    ids: &[Uuid],
+    before: Duration,
+) -> Result<Vec<Uuid>, StoreError> {
+    let update = format!(
+        "update {table} set reminded_for = expires_at
+         where id = any($1) and status = 'pending' and expires_at > now()
+           and expires_at - $2::bigint * interval '1 millisecond' <= now()
+           and {owed}
+         returning *",
+        table = T::TABLE,
+        owed = reminder_owed("$2")
+    );
+    let sql = outbox::with_outbox(T::KIND, &update, T::KIND.expiring_event(), None, "id");
+    let reminded: Vec<Uuid> = sqlx::query_scalar(AssertSqlSafe(sql))
+        .bind(ids)
+        .bind(before.as_millis() as i64)
+        .fetch_all(pool)
+        .await?;
+    if !reminded.is_empty() {
+        outbox::written();
+    }
+    Ok(reminded)
+}
+
+/// SQL (over `{table}` rows, `$2` the remind-before in milliseconds or null) of the
+/// next moment a pending entity's timer must come back: its reminder's moment while one
+/// is owed and still ahead, else its deadline.
+pub fn next_wake_sql() -> String {
+    format!(
+        "case when $2::bigint is not null and {owed}
+                   and expires_at - $2::bigint * interval '1 millisecond' > now()
+              then expires_at - $2::bigint * interval '1 millisecond'
+              else expires_at end",
+        owed = reminder_owed("$2")
+    )
 }

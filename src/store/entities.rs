@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::LazyLock;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -13,8 +12,9 @@ use sqlx::{AssertSqlSafe, FromRow, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::StoreError;
+use super::deadlines::FirstTimer;
 use super::idempotency::{self, Claim, IdempotencyKey};
-use super::outbox::{self, NewRow};
+use super::outbox::{self, NewRow, TimerSql};
 use crate::domain::{EntityKind, NewOrder, NewWaybill, Order, Waybill};
 
 /// A stored entity with a deadline: what the generic queries need to know about it.
@@ -61,27 +61,48 @@ impl Entity for Waybill {
 pub trait NewEntity: Clone + Send + Sync + 'static {
     /// What the insert produces.
     type Entity: Entity;
-    /// Inserts one row per `(id, request, timeout)`, pending, each deadline its timeout
-    /// after the database's now, with one outbox row each carrying its timer and its
-    /// `created` event: one statement however many rows (group commit). Returns the rows
-    /// in no particular order.
+    /// Inserts one row per `(id, request, first timer)`, pending, each deadline its
+    /// timeout after the database's now, with one outbox row each carrying its first
+    /// timer and its `created` event: one statement however many rows (group commit).
+    /// Returns the rows in no particular order.
     fn insert_many<'c>(
         conn: &'c mut PgConnection,
-        rows: &'c [(Uuid, &'c Self, Duration)],
+        rows: &'c [(Uuid, &'c Self, FirstTimer)],
     ) -> impl Future<Output = Result<Vec<Self::Entity>, StoreError>> + Send + 'c;
 }
 
-fn millis(rows: &[(Uuid, &impl NewEntity, Duration)]) -> Vec<i64> {
-    rows.iter().map(|(_, _, t)| t.as_millis() as i64).collect()
+/// The timeouts of the rows, in milliseconds.
+fn millis(rows: &[(Uuid, &impl NewEntity, FirstTimer)]) -> Vec<i64> {
+    rows.iter()
+        .map(|(_, _, t)| t.timeout.as_millis() as i64)
+        .collect()
+}
+
+/// How long before its deadline each row's first timer is due, in milliseconds.
+fn before_deadline(rows: &[(Uuid, &impl NewEntity, FirstTimer)]) -> Vec<i64> {
+    rows.iter()
+        .map(|(_, _, t)| t.before_deadline.as_millis() as i64)
+        .collect()
+}
+
+/// The first timer of an inserted row whose ids are `$1` and whose before-deadline
+/// milliseconds are the array parameter `before` (SQL over `changed`).
+fn first_timer_sql(kind: EntityKind, before: &str) -> (String, String) {
+    let due = format!(
+        "changed.expires_at - ({before}::bigint[])[array_position($1::uuid[], changed.id)]
+                              * interval '1 millisecond'"
+    );
+    (outbox::inserted_timer_bucket(kind, &due), due)
 }
 
 impl NewEntity for NewOrder {
     type Entity = Order;
     async fn insert_many(
         conn: &mut PgConnection,
-        rows: &[(Uuid, &Self, Duration)],
+        rows: &[(Uuid, &Self, FirstTimer)],
     ) -> Result<Vec<Order>, StoreError> {
         static SQL: LazyLock<String> = LazyLock::new(|| {
+            let (bucket, due) = first_timer_sql(EntityKind::Order, "$7");
             outbox::with_outbox(
                 EntityKind::Order,
                 "insert into orders (id, customer_id, amount_cents, currency, items, expires_at)
@@ -91,7 +112,11 @@ impl NewEntity for NewOrder {
                       as input(id, customer_id, amount_cents, currency, items, ms)
                  returning *",
                 "order.created",
-                Some(&outbox::inserted_timer_bucket(EntityKind::Order)),
+                Some(TimerSql {
+                    bucket: &bucket,
+                    due: &due,
+                    only_if: None,
+                }),
                 "*",
             )
         });
@@ -120,6 +145,7 @@ impl NewEntity for NewOrder {
             .bind(&currencies)
             .bind(&items)
             .bind(millis(rows))
+            .bind(before_deadline(rows))
             .fetch_all(conn)
             .await?)
     }
@@ -129,9 +155,10 @@ impl NewEntity for NewWaybill {
     type Entity = Waybill;
     async fn insert_many(
         conn: &mut PgConnection,
-        rows: &[(Uuid, &Self, Duration)],
+        rows: &[(Uuid, &Self, FirstTimer)],
     ) -> Result<Vec<Waybill>, StoreError> {
         static SQL: LazyLock<String> = LazyLock::new(|| {
+            let (bucket, due) = first_timer_sql(EntityKind::Waybill, "$6");
             outbox::with_outbox(
                 EntityKind::Waybill,
                 "insert into waybills (id, order_id, origin, destination, expires_at)
@@ -140,7 +167,11 @@ impl NewEntity for NewWaybill {
                       as input(id, order_id, origin, destination, ms)
                  returning *",
                 "waybill.created",
-                Some(&outbox::inserted_timer_bucket(EntityKind::Waybill)),
+                Some(TimerSql {
+                    bucket: &bucket,
+                    due: &due,
+                    only_if: None,
+                }),
                 "*",
             )
         });
@@ -157,6 +188,7 @@ impl NewEntity for NewWaybill {
             .bind(&origins)
             .bind(&destinations)
             .bind(millis(rows))
+            .bind(before_deadline(rows))
             .fetch_all(conn)
             .await?)
     }
@@ -193,8 +225,9 @@ pub struct Created<T> {
 pub struct CreateRequest<N> {
     /// The validated body.
     pub new: N,
-    /// Its timeout: the deadline is this long after the database's now.
-    pub timeout: Duration,
+    /// Its timeout (the deadline is this long after the database's now) and when its
+    /// first timer is due.
+    pub timer: FirstTimer,
     /// The client's idempotency key, if it sent one. No two requests of one batch may
     /// carry the same key (the batcher puts the second into the next batch).
     pub key: Option<IdempotencyKey>,
@@ -204,10 +237,10 @@ pub struct CreateRequest<N> {
 pub async fn create<N: NewEntity>(
     pool: &PgPool,
     new: N,
-    timeout: Duration,
+    timer: FirstTimer,
     key: Option<IdempotencyKey>,
 ) -> Result<Created<N::Entity>, CreateError> {
-    let mut answers = create_batch(pool, vec![CreateRequest { new, timeout, key }]).await?;
+    let mut answers = create_batch(pool, vec![CreateRequest { new, timer, key }]).await?;
     answers.pop().ok_or(CreateError::Store(StoreError::Other(
         sqlx::Error::RowNotFound,
     )))?
@@ -266,11 +299,11 @@ async fn write_batch<N: NewEntity>(
     for ((i, _), claim) in keys.iter().zip(claims) {
         claim_of[*i] = claim;
     }
-    let fresh: Vec<(Uuid, &N, Duration)> = requests
+    let fresh: Vec<(Uuid, &N, FirstTimer)> = requests
         .iter()
         .enumerate()
         .filter(|(i, _)| claim_of[*i] == Claim::Fresh)
-        .map(|(i, r)| (ids[i], &r.new, r.timeout))
+        .map(|(i, r)| (ids[i], &r.new, r.timer))
         .collect();
     let mut made: HashMap<Uuid, N::Entity> = HashMap::new();
     if !fresh.is_empty() {

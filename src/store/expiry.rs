@@ -8,6 +8,7 @@ use sqlx::{AssertSqlSafe, PgPool};
 use uuid::Uuid;
 
 use super::StoreError;
+use super::deadlines;
 use super::entities::Entity;
 use super::outbox;
 use crate::domain::{EntityKind, Order, Waybill};
@@ -19,8 +20,12 @@ pub enum Fate {
     Cancelled,
     /// Already paid, accepted or cancelled: nothing to do.
     AlreadyFinal,
-    /// Still pending but its deadline is this many milliseconds away: re-arm.
+    /// Still pending but its deadline (or its reminder) is this many milliseconds away:
+    /// re-arm.
     NotYetDue(u64),
+    /// Still pending; its `*.expiring` reminder was written now, and the next moment to
+    /// look again (its deadline) is this many milliseconds away: re-arm.
+    Reminded(u64),
     /// No such entity: the message is wrong.
     NotFound,
 }
@@ -30,20 +35,24 @@ pub enum Fate {
 /// events; the ids it did not cancel are looked up afterwards (rarely: a paid order, an
 /// early or a duplicate timer), which a concurrent change cannot make wrong: a row paid
 /// meanwhile is settled, a row that fell due meanwhile is re-armed for a millisecond.
+/// With `remind_before`, an early timer whose reminder moment has come writes the
+/// reminder ([`deadlines::remind_due`]) and is re-armed for the next moment to look.
 pub async fn cancel_if_due(
     pool: &PgPool,
     kind: EntityKind,
     ids: &[Uuid],
+    remind_before: Option<Duration>,
 ) -> Result<HashMap<Uuid, Fate>, StoreError> {
     match kind {
-        EntityKind::Order => cancel_if_due_of::<Order>(pool, ids).await,
-        EntityKind::Waybill => cancel_if_due_of::<Waybill>(pool, ids).await,
+        EntityKind::Order => cancel_if_due_of::<Order>(pool, ids, remind_before).await,
+        EntityKind::Waybill => cancel_if_due_of::<Waybill>(pool, ids, remind_before).await,
     }
 }
 
 async fn cancel_if_due_of<T: Entity>(
     pool: &PgPool,
     ids: &[Uuid],
+    remind_before: Option<Duration>,
 ) -> Result<HashMap<Uuid, Fate>, StoreError> {
     let update = format!(
         "update {} set status = 'cancelled', cancelled_at = now(), cancel_reason = $2
@@ -69,21 +78,29 @@ async fn cancel_if_due_of<T: Entity>(
         .filter(|id| !fates.contains_key(id))
         .collect();
     if !rest.is_empty() {
+        let reminded = match remind_before {
+            Some(before) => deadlines::remind_due::<T>(pool, &rest, before).await?,
+            None => Vec::new(),
+        };
+        // The next moment to look again: the reminder's while one is owed and ahead,
+        // else the deadline.
         let lookup = format!(
             "select id, status = 'pending',
-                    greatest(1, ceil(extract(epoch from (expires_at - now())) * 1000))::bigint
-             from {} where id = any($1)",
-            T::TABLE
+                    greatest(1, ceil(extract(epoch from ({wake} - now())) * 1000))::bigint
+             from {table} where id = any($1)",
+            wake = deadlines::next_wake_sql(),
+            table = T::TABLE
         );
         let found: Vec<(Uuid, bool, i64)> = sqlx::query_as(AssertSqlSafe(lookup))
             .bind(&rest)
+            .bind(remind_before.map(|before| before.as_millis() as i64))
             .fetch_all(pool)
             .await?;
         for (id, pending, ms_left) in found {
-            let fate = if pending {
-                Fate::NotYetDue(ms_left as u64)
-            } else {
-                Fate::AlreadyFinal
+            let fate = match (pending, reminded.contains(&id)) {
+                (false, _) => Fate::AlreadyFinal,
+                (true, true) => Fate::Reminded(ms_left as u64),
+                (true, false) => Fate::NotYetDue(ms_left as u64),
             };
             fates.insert(id, fate);
         }

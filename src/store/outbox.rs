@@ -84,37 +84,62 @@ pub fn timer_bucket(kind: EntityKind, timeout: Duration) -> String {
     format!("{}.{}", kind.as_str(), timeout.as_millis())
 }
 
-/// SQL computing [`timer_bucket`] of a row just inserted into `kind`'s table (in a
-/// statement built by [`with_outbox`], where the row is `changed`): an insert sets
-/// `created_at` and `expires_at` from the same `now()`, so their difference is the timeout.
-pub fn inserted_timer_bucket(kind: EntityKind) -> String {
+/// SQL computing the bucket of a timer due at `due` (an SQL expression) for a row just
+/// inserted into `kind`'s table (in a statement built by [`with_outbox`], where the row is
+/// `changed`): `kind.<ms from creation to due>`, the time the timer waits. An insert sets
+/// `created_at` and `expires_at` from the same `now()`. Whether that bucket has a cache
+/// queue is the relay's decision (`Topology::is_cache_bucket`); any other goes through
+/// the delay levels.
+pub fn inserted_timer_bucket(kind: EntityKind, due: &str) -> String {
     format!(
-        "'{}.' || (extract(epoch from (changed.expires_at - changed.created_at)) * 1000)::bigint",
+        "'{}.' || (extract(epoch from ({due} - changed.created_at)) * 1000)::bigint",
         kind.as_str()
     )
+}
+
+/// The timer a statement built by [`with_outbox`] writes with each changed row, as SQL
+/// expressions over the row (`changed`).
+#[derive(Debug, Clone, Copy)]
+pub struct TimerSql<'a> {
+    /// Its bucket (see [`inserted_timer_bucket`]); a bucket the topology declares no cache
+    /// queue for goes through the delay levels.
+    pub bucket: &'a str,
+    /// When it is due, e.g. `changed.expires_at`.
+    pub due: &'a str,
+    /// Rows for which this does not hold get no timer (their outbox row carries only the
+    /// event); all rows get one when `None`.
+    pub only_if: Option<&'a str>,
 }
 
 /// The SQL of one statement that runs `change` (an `insert` or `update … returning *` on
 /// `kind`'s table) and writes one outbox row for every row it returns: the `event` with
 /// the entity as the API shows it (`order_json`/`waybill_json`, migrations/0003) and,
-/// when `timer_bucket` is an SQL expression over `changed` naming the cache bucket, the
-/// entity's timer for its `expires_at` (published before the event). The statement
-/// returns `select`, e.g. `*`, of the changed rows. The caller calls [`written`] once it
+/// with `timer`, the entity's timer (published before the event). The statement returns
+/// `select`, e.g. `*`, of the changed rows. The caller calls [`written`] once it
 /// committed.
 pub fn with_outbox(
     kind: EntityKind,
     change: &str,
     event: &'static str,
-    timer_bucket: Option<&str>,
+    timer: Option<TimerSql<'_>>,
     select: &str,
 ) -> String {
     let kind = kind.as_str();
-    let (bucket, due, body) = match timer_bucket {
-        Some(bucket) => (
-            bucket.to_owned(),
-            "changed.expires_at".to_owned(),
-            format!("jsonb_build_object('kind', '{kind}', 'id', changed.id)"),
-        ),
+    let (bucket, due, body) = match timer {
+        Some(TimerSql {
+            bucket,
+            due,
+            only_if,
+        }) => {
+            let when = only_if.unwrap_or("true");
+            (
+                format!("case when {when} then {bucket} end"),
+                format!("case when {when} then {due} end"),
+                format!(
+                    "case when {when} then jsonb_build_object('kind', '{kind}', 'id', changed.id) end"
+                ),
+            )
+        }
         None => ("null".to_owned(), "null".to_owned(), "null".to_owned()),
     };
     format!(
@@ -230,6 +255,7 @@ mod tests {
     use uuid::Uuid;
 
     use crate::domain::{EntityKind, NewOrder, NewWaybill, Order, Waybill};
+    use crate::store::deadlines::FirstTimer;
     use crate::store::entities::{self, Entity};
     use crate::store::expiry;
     use crate::store::idempotency::IdempotencyKey;
@@ -247,7 +273,7 @@ mod tests {
     #[tokio::test]
     async fn created_timed_out_and_swept_events_are_the_entities_as_the_api_shows_them() {
         let (pool, name) = scratch().await;
-        let timeout = Duration::from_millis(1);
+        let timeout = FirstTimer::plan(Duration::from_millis(1), None);
         let with_items = json!({"customer_id": "c-1", "amount_cents": 2500, "currency": "EUR",
             "items": [{"sku": "book", "quantity": 2, "unit_price_cents": 1250}]});
         let order = NewOrder::parse(&with_items).unwrap();
@@ -301,10 +327,10 @@ mod tests {
         );
 
         tokio::time::sleep(Duration::from_millis(20)).await;
-        expiry::cancel_if_due(&pool, EntityKind::Order, &[first.id, second.id])
+        expiry::cancel_if_due(&pool, EntityKind::Order, &[first.id, second.id], None)
             .await
             .unwrap();
-        expiry::cancel_if_due(&pool, EntityKind::Waybill, &[waybill.id])
+        expiry::cancel_if_due(&pool, EntityKind::Waybill, &[waybill.id], None)
             .await
             .unwrap();
         for id in [first.id, second.id] {

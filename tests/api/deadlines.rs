@@ -557,3 +557,94 @@ async fn bulk_filters_by_deadline_and_by_order_and_refuses_bad_requests_with_the
     assert_eq!(deadlines_of(&app, &late).await, late_before);
     let _ = soon;
 }
+
+/// Whether a queue exists on the broker (a passive declare on a channel of its own).
+async fn queue_exists(app: &TestApp, queue: &str) -> bool {
+    let channel = app.channel().await;
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(queue.into(), passive, lapin::types::FieldTable::default())
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn orders_with_their_own_timeouts_never_wait_behind_longer_ones() {
+    let app = TestApp::spawn_with(|c| c.order_timeout = Duration::from_secs(60)).await;
+    let with = |seconds: u64| {
+        let mut body = crate::helpers::order_body();
+        body["timeout_seconds"] = json!(seconds);
+        body
+    };
+    let (status, long) = app.post("/orders", with(20)).await;
+    assert_eq!(status, StatusCode::CREATED, "{long}");
+    let (status, short) = app.post("/orders", with(3)).await;
+    assert_eq!(status, StatusCode::CREATED, "{short}");
+    let (status, waybill) = app
+        .post(
+            "/waybills",
+            json!({"origin": "A", "destination": "B", "timeout_seconds": 4}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{waybill}");
+    for (entity, seconds) in [(&long, 20), (&short, 3), (&waybill, 4)] {
+        let timeout = time_of(entity, "expires_at") - time_of(entity, "created_at");
+        assert_eq!(timeout.num_milliseconds(), seconds * 1000, "{entity}");
+    }
+    let short_id = id_of(&short);
+    pending_until_then_cancelled(&app, &short_id, time_of(&short, "expires_at")).await;
+    let (_, _, cancelled) = stored(&app, &short_id).await;
+    let lateness = cancelled.expect("cancelled_at") - time_of(&short, "expires_at");
+    assert!(
+        lateness.num_milliseconds() < 2000,
+        "the 3 s order waited behind the 20 s one: {lateness}"
+    );
+    assert_eq!(app.order_status(&id_of(&long)).await, "pending");
+    let cancelled = eventually(WITHIN, || async {
+        app.get(&format!("/waybills/{}", id_of(&waybill))).await.1["status"] == "cancelled"
+    })
+    .await;
+    assert!(cancelled, "the 4 s waybill was not cancelled");
+    // Timeouts clients choose get no cache queue of their own: the number of queues stays
+    // bounded whatever they send.
+    for bucket in ["order.20000", "order.3000", "waybill.4000"] {
+        assert!(
+            !queue_exists(&app, &app.topology.cache_queue(bucket)).await,
+            "a cache queue for {bucket}"
+        );
+    }
+    assert!(queue_exists(&app, &app.topology.cache_queue("order.60000")).await);
+}
+
+#[tokio::test]
+async fn a_timeout_outside_1_to_max_timeout_is_refused_with_its_field() {
+    let app = TestApp::spawn_with(|c| c.max_timeout = Duration::from_secs(3600)).await;
+    for bad in [
+        json!(0),
+        json!(-1),
+        json!(1.5),
+        json!("60"),
+        json!(3601),
+        json!(true),
+    ] {
+        let mut body = crate::helpers::order_body();
+        body["timeout_seconds"] = bad.clone();
+        let (status, answer) = app.post("/orders", body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {answer}");
+        assert_eq!(
+            answer["error"]["field"], "timeout_seconds",
+            "{bad}: {answer}"
+        );
+        let body = json!({"origin": "A", "destination": "B", "timeout_seconds": bad});
+        let (status, answer) = app.post("/waybills", body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+        assert_eq!(answer["error"]["field"], "timeout_seconds", "{answer}");
+    }
+    assert_eq!(app.count_orders("pending").await, 0);
+    let mut body = crate::helpers::order_body();
+    body["timeout_seconds"] = json!(3600);
+    assert_eq!(app.post("/orders", body).await.0, StatusCode::CREATED);
+}

@@ -14,4 +14,5 @@ mod failures;
 mod hostile;
 mod http_contract;
 mod openapi;
+mod reminders;
 mod timers;
