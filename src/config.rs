@@ -93,9 +93,18 @@ pub struct Config {
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
-    /// Where alerts about failed messages are posted (DingTalk-robot compatible body).
+    /// Where alerts about failed messages are posted, in the shape of ALERT_FORMAT.
     #[arg(long, env = "ALERT_WEBHOOK_URL", hide_env_values = true)]
     pub alert_webhook_url: Option<String>,
+
+    /// The body the webhook expects and how its answer says it accepted the alert.
+    #[arg(long, env = "ALERT_FORMAT", default_value = "dingtalk")]
+    pub alert_format: crate::alert::AlertFormat,
+
+    /// Signing secret of the robot (DingTalk "加签", Feishu signature check); unset or
+    /// empty sends unsigned. Hidden from `--help` and from `Debug`.
+    #[arg(long, env = "ALERT_WEBHOOK_SECRET", hide_env_values = true)]
+    pub alert_webhook_secret: Option<crate::alert::WebhookSecret>,
 
     /// How long to try to reach the broker before giving up and exiting; 0 = forever.
     #[arg(long, env = "RECONNECT_MAX", default_value = "0", value_parser = parse_duration_or_zero)]
@@ -233,6 +242,9 @@ impl std::fmt::Debug for Config {
                 "alert_webhook_url",
                 &self.alert_webhook_url.as_ref().map(|_| secrets::HIDDEN),
             )
+            .field("alert_format", &self.alert_format)
+            // Its Debug prints `WebhookSecret(***)`.
+            .field("alert_webhook_secret", &self.alert_webhook_secret)
             .field("reconnect_max", &self.reconnect_max)
             .field("http_header_read_timeout", &self.http_header_read_timeout)
             .field("http_request_timeout", &self.http_request_timeout)
@@ -435,6 +447,7 @@ mod tests {
         config.amqp_url = "amqp://u:mq-s3cret@a:5672/%2f,amqp://u:mq-s3cret@b:5672/%2f".into();
         config.admin_token = Some("admin-s3cret".into());
         config.alert_webhook_url = Some("https://hook/?access_token=hook-s3cret".into());
+        config.alert_webhook_secret = Some(crate::alert::WebhookSecret::new("SECsign-s3cret"));
         let debug = format!("{config:?}");
         assert!(!debug.contains("s3cret"), "{debug}");
         assert!(debug.contains("postgres://app:***@db:5432/ot"), "{debug}");

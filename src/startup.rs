@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::alert::Alerter;
+use crate::alert::{Alerter, Webhook};
 use crate::api::{self, AppState};
 use crate::broker::{self, Broker, Endpoints, Topology};
 use crate::config::Config;
@@ -36,6 +36,8 @@ pub struct Application {
     broker: Broker,
     /// The broker nodes of `AMQP_URL`, parsed (and so checked) before anything starts.
     endpoints: Endpoints,
+    /// Where alerts are posted, checked at build so a bad URL fails the start.
+    webhook: Option<Webhook>,
     /// Cancelled to stop the service.
     shutdown: CancellationToken,
 }
@@ -56,12 +58,14 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", config.http_addr))?;
         let broker = Broker::new(topology_of(&config));
+        let webhook = webhook_of(&config)?;
         Ok(Self {
             config: Arc::new(config),
             listener,
             pool,
             broker,
             endpoints,
+            webhook,
             shutdown: CancellationToken::new(),
         })
     }
@@ -97,6 +101,7 @@ impl Application {
             pool,
             broker,
             endpoints,
+            webhook,
             shutdown,
         } = self;
         let broker_stop = CancellationToken::new();
@@ -110,7 +115,8 @@ impl Application {
         ));
         let workers = TaskTracker::new();
         let call_limit = CallLimit(config.database_call_timeout);
-        let alerter = Alerter::start(config.alert_webhook_url.clone(), broker_stop.clone());
+        let alerter = Alerter::start(webhook, broker_stop.clone());
+        telemetry::register_alerting_series();
         let state = AppState {
             pool: pool.clone(),
             broker: broker.clone(),
@@ -165,6 +171,10 @@ impl Application {
             call_limit,
         };
         workers.spawn(retention.run(shutdown.clone()));
+        workers.spawn(telemetry::keep_parking_gauge(
+            broker.clone(),
+            shutdown.clone(),
+        ));
         workers.spawn(outbox::run(
             pool.clone(),
             broker.clone(),
@@ -203,6 +213,19 @@ impl Application {
             Some(error) => Err(error.into()),
             None => Ok(()),
         }
+    }
+}
+
+/// The alert webhook of the configuration; none without ALERT_WEBHOOK_URL (or with an
+/// empty one), an error for a URL that is not http(s).
+fn webhook_of(config: &Config) -> anyhow::Result<Option<Webhook>> {
+    match config.alert_webhook_url.as_deref() {
+        None | Some("") => Ok(None),
+        Some(url) => Ok(Some(Webhook::new(
+            url,
+            config.alert_format,
+            config.alert_webhook_secret.clone(),
+        )?)),
     }
 }
 

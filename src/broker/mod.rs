@@ -239,6 +239,22 @@ impl Broker {
         Ok(())
     }
 
+    /// How many ready messages `queue` holds: a passive declare on a channel of its own
+    /// (a missing queue closes that channel, not a shared one).
+    pub async fn queue_depth(&self, queue: &str) -> Result<u32, PublishError> {
+        let channel = self.channel().await?;
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            durable: true,
+            ..Default::default()
+        };
+        let declared = channel
+            .queue_declare(queue.into(), passive, lapin::types::FieldTable::default())
+            .await;
+        let _ = channel.close(200, "depth read".into()).await;
+        Ok(declared?.message_count())
+    }
+
     /// Opens a fresh channel on the consuming connection, for a one-off operation.
     pub async fn channel(&self) -> Result<Channel, PublishError> {
         Ok(self.current()?.consuming.create_channel().await?)

@@ -13,6 +13,20 @@ use super::entities::Entity;
 use super::outbox;
 use crate::domain::{EntityKind, Order, Waybill};
 
+/// The columns a cancelling statement returns: the id and how many milliseconds past its
+/// deadline it was cancelled (database time on both sides).
+const LATENESS: &str = "id, (extract(epoch from (cancelled_at - expires_at)) * 1000)::bigint";
+
+/// Records each cancel's lateness in `order_timeout_cancel_lateness_seconds{kind, by}`,
+/// `by` the timer or the sweeper: the figure the service promises (cancelled soon after
+/// the deadline), measured where both times are known.
+fn record_lateness(kind: EntityKind, by: &'static str, rows: &[(Uuid, i64)]) {
+    let histogram = metrics::histogram!("order_timeout_cancel_lateness_seconds", "kind" => kind.as_str(), "by" => by);
+    for (_, ms) in rows {
+        histogram.record(*ms as f64 / 1000.0);
+    }
+}
+
 /// What a due timer found when it tried to cancel its entity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fate {
@@ -59,8 +73,8 @@ async fn cancel_if_due_of<T: Entity>(
          where id = any($1) and status = 'pending' and expires_at <= now() returning *",
         T::TABLE
     );
-    let sql = outbox::with_outbox(T::KIND, &update, T::KIND.cancelled_event(), None, "id");
-    let cancelled: Vec<Uuid> = sqlx::query_scalar(AssertSqlSafe(sql))
+    let sql = outbox::with_outbox(T::KIND, &update, T::KIND.cancelled_event(), None, LATENESS);
+    let cancelled: Vec<(Uuid, i64)> = sqlx::query_as(AssertSqlSafe(sql))
         .bind(ids)
         .bind(T::KIND.timeout_reason())
         .fetch_all(pool)
@@ -68,9 +82,10 @@ async fn cancel_if_due_of<T: Entity>(
     if !cancelled.is_empty() {
         outbox::written();
     }
+    record_lateness(T::KIND, "timer", &cancelled);
     let mut fates: HashMap<Uuid, Fate> = cancelled
         .into_iter()
-        .map(|id| (id, Fate::Cancelled))
+        .map(|(id, _)| (id, Fate::Cancelled))
         .collect();
     let rest: Vec<Uuid> = ids
         .iter()
@@ -147,8 +162,7 @@ async fn sweep_overdue_of<T: Entity>(
          where t.id = overdue.id returning t.*",
         table = T::TABLE
     );
-    let lateness = "id, (extract(epoch from (cancelled_at - expires_at)) * 1000)::bigint";
-    let sql = outbox::with_outbox(T::KIND, &update, T::KIND.cancelled_event(), None, lateness);
+    let sql = outbox::with_outbox(T::KIND, &update, T::KIND.cancelled_event(), None, LATENESS);
     let rows: Vec<(Uuid, i64)> = sqlx::query_as(AssertSqlSafe(sql))
         .bind(grace.as_millis() as i64)
         .bind(T::KIND.timeout_reason())
@@ -158,6 +172,7 @@ async fn sweep_overdue_of<T: Entity>(
     if !rows.is_empty() {
         outbox::written();
     }
+    record_lateness(T::KIND, "sweeper", &rows);
     Ok(Swept {
         max_lateness_ms: rows.iter().map(|(_, ms)| *ms).max().unwrap_or(0),
         ids: rows.into_iter().map(|(id, _)| id).collect(),

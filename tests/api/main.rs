@@ -4,6 +4,7 @@
 mod helpers;
 mod proxy;
 
+mod alerts;
 mod broker_nodes;
 mod broker_publish;
 mod chaos;
@@ -14,5 +15,6 @@ mod failures;
 mod hostile;
 mod http_contract;
 mod openapi;
+mod prometheus;
 mod reminders;
 mod timers;
