@@ -64,6 +64,8 @@ pub fn metrics_handle() -> PrometheusHandle {
 /// (deploy/prometheus/alerts.yml), so the first failure, parking or sweep is an increase
 /// from 0 that `increase()` sees, not the birth of a series it cannot.
 pub fn register_alerting_series() {
+    // The recorder must exist first, or the series go to the no-op recorder.
+    metrics_handle();
     for class in ["permanent", "transient"] {
         metrics::counter!("order_timeout_failed_messages_total", "class" => class).increment(0);
     }
@@ -171,6 +173,11 @@ pub const METRICS: &[(Kind, &str, &str)] = &[
         Kind::Counter,
         "order_timeout_database_connections_discarded_total",
         "Pooled database connections discarded because a health check failed or hung.",
+    ),
+    (
+        Kind::Counter,
+        "order_timeout_pruned_rows_total",
+        "Rows deleted by the retention task (old idempotency keys, long-resolved failed messages), by table.",
     ),
     (
         Kind::Counter,
