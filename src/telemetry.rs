@@ -180,6 +180,16 @@ pub const METRICS: &[(Kind, &str, &str)] = &[
         "Rows deleted by the retention task (old idempotency keys, long-resolved failed messages), by table.",
     ),
     (
+        Kind::Histogram,
+        "order_timeout_create_batch_size",
+        "Creates written together by one group commit.",
+    ),
+    (
+        Kind::Counter,
+        "order_timeout_outbox_held_back_total",
+        "Outbox rows not published and held back, with their entity's later rows, for a backoff.",
+    ),
+    (
         Kind::Counter,
         "order_timeout_alert_posts_total",
         "Alert webhook posts, by format and outcome (delivered, refused, unreachable).",
