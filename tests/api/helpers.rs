@@ -330,6 +330,9 @@ impl TestApp {
 
     /// Declares a queue bound to the events exchange with `#`, to observe every event.
     pub async fn observe_events(&self) -> String {
+        // The events exchange exists once the service has connected and declared its
+        // topology: binding before that fails with NOT_FOUND.
+        self.wait_ready().await;
         let queue = format!("{}.test.events", self.topology.prefix);
         let channel = self.channel().await;
         // Durable, so events waiting in it survive a broker restart; the test's clean-up
