@@ -149,19 +149,25 @@ async fn the_extended_event_carries_the_waybill_with_its_new_deadline() {
 
 #[tokio::test]
 async fn extensions_racing_the_timer_end_extended_and_pending_or_refused_and_cancelled() {
-    let app = TestApp::spawn().await;
+    // Long enough that creating the 30 orders ends well before the first deadline, even on
+    // a loaded machine, so every extension can be aimed at its order's deadline.
+    let app = TestApp::spawn_with(|c| c.order_timeout = Duration::from_secs(5)).await;
     let mut orders = Vec::new();
     for _ in 0..30 {
         let order = app.create_order().await;
         orders.push((id_of(&order), time_of(&order, "expires_at")));
     }
-    // Each extension is aimed at its order's deadline, from 150 ms before to 150 ms after.
-    let started = Instant::now();
-    let extensions = orders.iter().enumerate().map(|(i, (id, _))| {
+    // Each extension is aimed at its own order's deadline on the database clock, from
+    // 500 ms before it to 225 ms after, so both outcomes are exercised: the early ones
+    // extend, the late ones are refused, and the ones in between race the timer.
+    let (started, db_started) = (Instant::now(), app.db_now().await);
+    let extensions = orders.iter().enumerate().map(|(i, (id, expires_at))| {
         let app = &app;
-        let offset = Duration::from_millis(2000 - 150 + i as u64 * 10);
+        let until_deadline = (*expires_at - db_started).to_std().unwrap_or_default();
+        let aim = (until_deadline + Duration::from_millis(i as u64 * 25))
+            .saturating_sub(Duration::from_millis(500));
         async move {
-            tokio::time::sleep(offset.saturating_sub(started.elapsed())).await;
+            tokio::time::sleep(aim.saturating_sub(started.elapsed())).await;
             (id.clone(), extend(app, "orders", id, json!(1)).await)
         }
     });
@@ -192,6 +198,18 @@ async fn extensions_racing_the_timer_end_extended_and_pending_or_refused_and_can
     }
     assert_eq!(extended + refused, 30);
     println!("extension race: {extended} extended in time, {refused} refused as expired");
+    assert!(
+        orders.iter().all(|(_, e)| *e > db_started),
+        "the orders took longer to create than their timeout: nothing could be aimed"
+    );
+    assert!(
+        extended > 0,
+        "no extension aimed before its deadline succeeded"
+    );
+    assert!(
+        refused > 0,
+        "no extension aimed after its deadline was refused"
+    );
 }
 
 #[tokio::test]
