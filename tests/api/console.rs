@@ -9,8 +9,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use lapin::BasicProperties;
-use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use reqwest::header::{CONTENT_SECURITY_POLICY, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
 use reqwest::{Method, StatusCode};
@@ -167,23 +165,7 @@ async fn publish(app: &TestApp, queue: &str, body: &[u8], message_id: &str) {
         "x-origin".into(),
         AMQPValue::LongString(LongString::from(POISON_HEADER.as_bytes().to_vec())),
     );
-    let properties = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_message_id(message_id.into())
-        .with_headers(headers);
-    app.channel()
-        .await
-        .basic_publish(
-            "".into(),
-            queue.into(),
-            BasicPublishOptions::default(),
-            body,
-            properties,
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    app.publish_raw(queue, body, message_id, headers).await;
 }
 
 async fn overview(app: &TestApp) -> Value {

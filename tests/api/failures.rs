@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::routing::post;
-use lapin::BasicProperties;
-use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -44,29 +42,15 @@ fn through(proxy: &FaultProxy, database_url: &str) -> String {
     database_url.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port()))
 }
 
+/// Publishes `body` into the due queue as a broken producer would (an `x-origin` header).
 async fn publish_raw(app: &TestApp, body: &[u8], message_id: &str) {
     let mut headers = FieldTable::default();
     headers.insert(
         "x-origin".into(),
         AMQPValue::LongString(LongString::from(b"test".to_vec())),
     );
-    let properties = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_message_id(message_id.into())
-        .with_headers(headers);
-    app.channel()
-        .await
-        .basic_publish(
-            "".into(),
-            app.topology.due_queue.as_str().into(),
-            BasicPublishOptions::default(),
-            body,
-            properties,
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    app.publish_raw(&app.topology.due_queue, body, message_id, headers)
+        .await;
 }
 
 async fn failed_rows(app: &TestApp) -> Vec<Value> {

@@ -5,11 +5,11 @@ use std::future::Future;
 use std::time::Duration;
 
 use lapin::options::{
-    BasicGetOptions, BasicNackOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicGetOptions, BasicNackOptions, BasicPublishOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use order_timeout::broker::Topology;
 use order_timeout::config::Config;
 use order_timeout::startup::{Application, topology_of};
@@ -326,6 +326,34 @@ impl TestApp {
     /// A fresh channel on the test's own broker connection.
     pub async fn channel(&self) -> Channel {
         self.amqp.create_channel().await.expect("channel")
+    }
+
+    /// Publishes a persistent message straight into `queue` with `headers`, as a broken or
+    /// hostile producer would, and waits for the broker's confirm of the publish.
+    pub async fn publish_raw(
+        &self,
+        queue: &str,
+        body: &[u8],
+        message_id: &str,
+        headers: FieldTable,
+    ) {
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(message_id.into())
+            .with_headers(headers);
+        self.channel()
+            .await
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("publish confirm");
     }
 
     /// Declares a queue bound to the events exchange with `#`, to observe every event.

@@ -6,8 +6,7 @@
 
 use std::time::Duration;
 
-use lapin::BasicProperties;
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -329,27 +328,6 @@ async fn guessing_the_admin_token_is_throttled_per_client_with_429() {
     assert_eq!(status, StatusCode::CREATED);
 }
 
-/// Publishes `body` into the due queue as a hostile publisher would, with `headers`.
-async fn publish_into_due_queue(app: &TestApp, body: &[u8], message_id: &str, headers: FieldTable) {
-    let properties = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_message_id(message_id.into())
-        .with_headers(headers);
-    app.channel()
-        .await
-        .basic_publish(
-            "".into(),
-            app.topology.due_queue.as_str().into(),
-            BasicPublishOptions::default(),
-            body,
-            properties,
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-}
-
 /// The failed-message rows (listing view), once there are `count` of them.
 async fn failed_rows_once(app: &TestApp, count: usize) -> Vec<Value> {
     poll(WITHIN, || async {
@@ -384,7 +362,8 @@ async fn a_cc_routing_header_is_not_republished_by_a_requeue() {
             LongString::from(spy.as_bytes().to_vec()),
         )])),
     );
-    publish_into_due_queue(&app, b"not a timer", "cc-1", headers).await;
+    app.publish_raw(&app.topology.due_queue, b"not a timer", "cc-1", headers)
+        .await;
     let rows = failed_rows_once(&app, 1).await;
     // The publisher's own copy reached the spy; that one is the publisher's doing.
     app.drain(&spy).await;
@@ -410,7 +389,13 @@ async fn a_cc_routing_header_is_not_republished_by_a_requeue() {
 async fn a_huge_junk_message_is_stored_cut_and_listings_carry_only_a_preview() {
     let app = TestApp::spawn_with(|c| c.failed_message_max_body = 4096).await;
     let junk = "J".repeat(300 * 1024);
-    publish_into_due_queue(&app, junk.as_bytes(), "junk-1", FieldTable::default()).await;
+    app.publish_raw(
+        &app.topology.due_queue,
+        junk.as_bytes(),
+        "junk-1",
+        FieldTable::default(),
+    )
+    .await;
     let rows = failed_rows_once(&app, 1).await;
     let listing = app
         .client
@@ -460,7 +445,13 @@ async fn nul_and_invisible_characters_in_headers_are_stored_not_parked() {
         "x-\0key".into(),
         AMQPValue::LongString(LongString::from("\u{202E}gnp.exe".as_bytes().to_vec())),
     );
-    publish_into_due_queue(&app, b"\0 not a timer", "nul\0\u{200B}id", headers).await;
+    app.publish_raw(
+        &app.topology.due_queue,
+        b"\0 not a timer",
+        "nul\0\u{200B}id",
+        headers,
+    )
+    .await;
     let rows = failed_rows_once(&app, 1).await;
     assert_eq!(rows[0]["message_id"], "nul\\u{0}\\u{200b}id");
     assert_eq!(
