@@ -9,6 +9,11 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+/// Where the service finds PostgreSQL when DATABASE_URL is unset (also the bench's default).
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/order_timeout";
+/// Where the service finds RabbitMQ when AMQP_URL is unset (also the bench's default).
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
 /// How `order-timeout serve` is configured. Its `Debug` hides passwords and tokens
 /// (see `secrets`), and `--help` never prints the environment's value of a secret.
 #[derive(Clone, Args)]
@@ -18,7 +23,7 @@ pub struct Config {
         long,
         env = "DATABASE_URL",
         hide_env_values = true,
-        default_value = "postgres://postgres@127.0.0.1:5432/order_timeout"
+        default_value = DEFAULT_DATABASE_URL
     )]
     pub database_url: String,
 
@@ -29,7 +34,7 @@ pub struct Config {
         long,
         env = "AMQP_URL",
         hide_env_values = true,
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        default_value = DEFAULT_AMQP_URL
     )]
     pub amqp_url: String,
 

@@ -26,7 +26,7 @@ enum Command {
             long,
             env = "DATABASE_URL",
             hide_env_values = true,
-            default_value = "postgres://postgres@127.0.0.1:5432/order_timeout"
+            default_value = order_timeout::config::DEFAULT_DATABASE_URL
         )]
         database_url: String,
     },

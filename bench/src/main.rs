@@ -78,7 +78,7 @@ pub struct BenchArgs {
         long,
         env = "DATABASE_URL",
         hide_env_values = true,
-        default_value = "postgres://postgres@127.0.0.1:5432/order_timeout"
+        default_value = order_timeout::config::DEFAULT_DATABASE_URL
     )]
     pub database_url: String,
 
@@ -87,7 +87,7 @@ pub struct BenchArgs {
         long,
         env = "AMQP_URL",
         hide_env_values = true,
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        default_value = order_timeout::config::DEFAULT_AMQP_URL
     )]
     pub amqp_url: String,
 
