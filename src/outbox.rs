@@ -22,14 +22,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lapin::BasicProperties;
-use lapin::types::{FieldTable, ShortString};
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::broker::{Broker, Outgoing, PERSISTENT, PublishError, Publisher};
+use crate::broker::{Broker, Headers, Outgoing, Properties, PublishError, Publisher};
 use crate::liveness::Heartbeat;
 use crate::store::outbox::{self, Pending};
 use crate::store::{CallLimit, StoreError};
@@ -329,7 +327,7 @@ struct Plan {
     exchange: String,
     routing_key: String,
     body: Vec<u8>,
-    properties: BasicProperties,
+    properties: Properties,
     mandatory: bool,
     declare_bucket: Option<String>,
 }
@@ -350,10 +348,11 @@ impl Plan {
 /// timer to the due queue whatever its time left.
 fn plans(broker: &Broker, row: &Pending, timer_to_due: bool) -> Vec<Plan> {
     let mut plans = Vec::with_capacity(2);
-    let base = BasicProperties::default()
-        .with_delivery_mode(PERSISTENT)
-        .with_content_type(ShortString::from("application/json"))
-        .with_timestamp(chrono::Utc::now().timestamp() as u64);
+    let base = Properties {
+        content_type: Some("application/json".to_owned()),
+        timestamp: Some(chrono::Utc::now().timestamp() as u64),
+        ..Properties::persistent()
+    };
     if let (Some(bucket), Some(body)) = (&row.timer_bucket, &row.timer_body) {
         plans.push(timer_plan(
             broker,
@@ -369,7 +368,10 @@ fn plans(broker: &Broker, row: &Pending, timer_to_due: bool) -> Vec<Plan> {
             exchange: broker.topology().events_exchange.clone(),
             routing_key: key.clone(),
             body: serde_json::to_vec(payload).unwrap_or_default(),
-            properties: base.with_message_id(format!("{key}:{}", row.entity_id).into()),
+            properties: Properties {
+                message_id: Some(format!("{key}:{}", row.entity_id)),
+                ..base
+            },
             // Nobody may be bound to the events exchange yet; that is not a failure.
             mandatory: false,
             declare_bucket: None,
@@ -383,14 +385,16 @@ fn timer_plan(
     row: &Pending,
     bucket: &str,
     body: &Value,
-    base: BasicProperties,
+    base: Properties,
     to_due: bool,
 ) -> Plan {
     let topology = broker.topology();
     let ms_left = row.ms_left.unwrap_or(0).max(0);
-    let properties = base
-        .with_message_id(row.entity_id.to_string().into())
-        .with_headers(FieldTable::default());
+    let properties = Properties {
+        message_id: Some(row.entity_id.to_string()),
+        headers: Some(Headers::default()),
+        ..base
+    };
     let body = serde_json::to_vec(body).unwrap_or_default();
     if ms_left == 0 || to_due {
         // Already due (published late, after an outage), or its bucket is missing: straight
@@ -422,7 +426,10 @@ fn timer_plan(
         exchange: String::new(),
         routing_key: topology.cache_queue(bucket),
         body,
-        properties: properties.with_expiration(ms_left.to_string().into()),
+        properties: Properties {
+            expiration_ms: Some(ms_left as u64),
+            ..properties
+        },
         mandatory: true,
         declare_bucket: Some(bucket.to_owned()),
     }

@@ -5,15 +5,13 @@
 
 use std::time::Duration;
 
-use lapin::BasicProperties;
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
-use lapin::types::{AMQPValue, FieldTable};
 use sqlx::PgPool;
 
 use crate::alert::{Alert, Alerter};
-use crate::broker::headers::{self, FIRST_FAILED_AT, LAST_ERROR, RETRY_COUNT};
-use crate::broker::{Broker, Outgoing, PERSISTENT, Publisher};
+use crate::broker::headers::{FIRST_FAILED_AT, LAST_ERROR, RETRY_COUNT};
+use crate::broker::{
+    Broker, Delivery, Headers, Outgoing, Properties, PublishError, Publisher, Topology,
+};
 use crate::store::CallLimit;
 use crate::store::ErrorClass;
 use crate::store::failed::{self, NewFailure};
@@ -45,6 +43,83 @@ impl Disposition {
     }
 }
 
+/// Where a delivery goes next. Decided by [`route`] from the disposition, the delivery's
+/// headers and the topology alone, so the routing is tested without a broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Wait again: through the delay level `level_ms`, the largest not longer than
+    /// `ms_left`; the consumer checks it again when it comes back.
+    Rearm {
+        /// Milliseconds to its deadline (or reminder) in database time.
+        ms_left: u64,
+        /// The level's TTL, which names its queue.
+        level_ms: u64,
+    },
+    /// Try again later: retry tier `tier` (1 for the first retry), whose queue holds it
+    /// `delay_ms` before it dead-letters back to the due queue.
+    Retry {
+        /// The tier, also the `x-retry-count` the copy carries.
+        tier: usize,
+        /// The tier's delay, which names its queue.
+        delay_ms: u64,
+    },
+    /// Give up: store it in `failed_messages` (park it when that fails) and alert.
+    Fail {
+        /// Transient when the retries are spent, else permanent.
+        class: ErrorClass,
+        /// Attempts made, this one included.
+        attempts: usize,
+    },
+}
+
+/// Where a delivery with `headers` goes for `disposition`: a re-arm to its delay level;
+/// a transient failure to the next retry tier (`x-retry-count` counts the tiers already
+/// passed, a missing, negative or non-integer count is 0) or, with the tiers spent, to
+/// the failed-message store; a permanent failure to the store at once.
+pub fn route(disposition: &Disposition, headers: &Headers, topology: &Topology) -> Route {
+    let passed = headers.integer(RETRY_COUNT).unwrap_or(0).max(0);
+    let passed = usize::try_from(passed).unwrap_or(usize::MAX);
+    let attempts = passed.saturating_add(1);
+    match disposition {
+        Disposition::Rearm(ms_left) => Route::Rearm {
+            ms_left: *ms_left,
+            level_ms: topology.level_for(*ms_left),
+        },
+        Disposition::Transient(_) => match topology.retry_delays_ms.get(passed) {
+            Some(&delay_ms) => Route::Retry {
+                tier: attempts,
+                delay_ms,
+            },
+            None => Route::Fail {
+                class: ErrorClass::Transient,
+                attempts,
+            },
+        },
+        Disposition::Permanent(_) => Route::Fail {
+            class: ErrorClass::Permanent,
+            attempts,
+        },
+    }
+}
+
+/// The headers of the copy sent to retry tier `tier`: the count, the last error, and
+/// when it first failed (`now_ms`, unless an earlier failure set it).
+pub fn retry_headers(mut headers: Headers, tier: usize, error: &str, now_ms: i64) -> Headers {
+    headers.set_integer(RETRY_COUNT, i64::try_from(tier).unwrap_or(i64::MAX));
+    headers.set_text(LAST_ERROR, &truncate(error));
+    if headers.integer(FIRST_FAILED_AT).is_none() {
+        headers.set_integer(FIRST_FAILED_AT, now_ms);
+    }
+    headers
+}
+
+/// The headers of a parked copy: the last error and the queue it came from.
+pub fn parked_headers(mut headers: Headers, error: &str, from_queue: &str) -> Headers {
+    headers.set_text(LAST_ERROR, &truncate(error));
+    headers.set_text(PARKED_FROM, from_queue);
+    headers
+}
+
 /// Routes the deliveries the consumer could not simply ack to their next queue (delay
 /// level, retry tier, parking) or to the failed-message store.
 pub struct DeliveryRouter {
@@ -62,74 +137,52 @@ pub struct DeliveryRouter {
 }
 
 impl DeliveryRouter {
-    /// Sends `delivery` where `disposition` says, then acks it (or nacks it back when
+    /// Sends `delivery` where [`route`] says, then acks it (or nacks it back when
     /// nowhere is reachable). Its span names the message (a timer's message id is its
     /// entity's id) and the disposition.
     #[tracing::instrument(
         name = "route_delivery",
         skip_all,
-        fields(message_id = %message_id(&delivery), disposition = disposition.label())
+        fields(message_id = %delivery.message_id(), disposition = disposition.label())
     )]
     pub async fn dispose(&self, delivery: Delivery, disposition: Disposition) {
-        let id = message_id(&delivery);
-        let homed = match disposition {
-            Disposition::Rearm(ms_left) => self.rearm(&delivery, ms_left).await,
-            Disposition::Transient(error) => {
-                let attempts = headers::integer(delivery.properties.headers().as_ref(), RETRY_COUNT)
-                    .unwrap_or(0)
-                    .max(0) as usize;
-                match self
-                    .broker
-                    .topology()
-                    .retry_delays_ms
-                    .get(attempts)
-                    .copied()
-                {
-                    Some(delay_ms) => self.retry(&delivery, attempts, delay_ms, &error).await,
-                    None => {
-                        self.fail(&delivery, &error, ErrorClass::Transient, attempts + 1)
-                            .await
-                    }
-                }
+        let headers = delivery.headers();
+        let error = match &disposition {
+            Disposition::Rearm(_) => "",
+            Disposition::Transient(error) | Disposition::Permanent(error) => error,
+        };
+        let homed = match route(&disposition, &headers, self.broker.topology()) {
+            Route::Rearm { ms_left, level_ms } => {
+                self.rearm(&delivery, headers, ms_left, level_ms).await
             }
-            Disposition::Permanent(error) => {
-                let attempts = headers::integer(delivery.properties.headers().as_ref(), RETRY_COUNT)
-                    .unwrap_or(0)
-                    .max(0) as usize;
-                self.fail(&delivery, &error, ErrorClass::Permanent, attempts + 1)
-                    .await
+            Route::Retry { tier, delay_ms } => {
+                self.retry(&delivery, headers, tier, delay_ms, error).await
+            }
+            Route::Fail { class, attempts } => {
+                self.fail(&delivery, headers, error, class, attempts).await
             }
         };
         if homed {
-            if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
-                tracing::warn!(message_id = %id, %error, "ack failed after re-publishing; a duplicate will be harmless");
+            if let Err(error) = delivery.ack().await {
+                tracing::warn!(message_id = %delivery.message_id(), %error, "ack failed after re-publishing; a duplicate will be harmless");
             }
         } else {
             tokio::time::sleep(NO_HOME_PAUSE).await;
-            let requeue = BasicNackOptions {
-                requeue: true,
-                ..Default::default()
-            };
-            if let Err(error) = delivery.nack(requeue).await {
-                tracing::warn!(message_id = %id, %error, "nack failed; the broker redelivers on reconnect");
+            if let Err(error) = delivery.nack(true).await {
+                tracing::warn!(message_id = %delivery.message_id(), %error, "nack failed; the broker redelivers on reconnect");
             }
             metrics::counter!("order_timeout_deliveries_total", "outcome" => "nacked").increment(1);
         }
     }
 
-    async fn rearm(&self, delivery: &Delivery, ms_left: u64) -> bool {
-        let topology = self.broker.topology();
-        let level = topology.level_for(ms_left);
-        let queue = topology.level_queue(level);
-        let properties = republished(
-            &delivery.properties,
-            delivery.properties.headers().clone().unwrap_or_default(),
-        );
+    async fn rearm(&self, delivery: &Delivery, headers: Headers, ms_left: u64, level: u64) -> bool {
+        let queue = self.broker.topology().level_queue(level);
+        let properties = republished(&delivery.properties, headers);
         let published = self
-            .publish_to_queue(&queue, &delivery.data, properties)
+            .publish_to_queue(&queue, &delivery.body, properties)
             .await;
         if published {
-            tracing::info!(message_id = %message_id(delivery), ms_left, level, "early timer re-armed");
+            tracing::info!(message_id = %delivery.message_id(), ms_left, level, "early timer re-armed");
         }
         published
     }
@@ -137,34 +190,25 @@ impl DeliveryRouter {
     async fn retry(
         &self,
         delivery: &Delivery,
-        attempts: usize,
+        headers: Headers,
+        tier: usize,
         delay_ms: u64,
         error: &str,
     ) -> bool {
         let queue = self.broker.topology().retry_queue(delay_ms);
-        let mut table = delivery.properties.headers().clone().unwrap_or_default();
-        table.insert(
-            RETRY_COUNT.into(),
-            AMQPValue::LongLongInt(attempts as i64 + 1),
-        );
-        table.insert(LAST_ERROR.into(), headers::long_string(&truncate(error)));
-        if headers::integer(Some(&table), FIRST_FAILED_AT).is_none() {
-            table.insert(
-                FIRST_FAILED_AT.into(),
-                AMQPValue::LongLongInt(chrono::Utc::now().timestamp_millis()),
-            );
-        }
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let headers = retry_headers(headers, tier, error, now_ms);
         let published = self
             .publish_to_queue(
                 &queue,
-                &delivery.data,
-                republished(&delivery.properties, table),
+                &delivery.body,
+                republished(&delivery.properties, headers),
             )
             .await;
         if published {
-            let tier = (attempts + 1).to_string();
-            metrics::counter!("order_timeout_retries_total", "tier" => tier).increment(1);
-            tracing::info!(message_id = %message_id(delivery), tier = attempts + 1, delay_ms, %error, "sent to retry tier");
+            metrics::counter!("order_timeout_retries_total", "tier" => tier.to_string())
+                .increment(1);
+            tracing::info!(message_id = %delivery.message_id(), tier, delay_ms, %error, "sent to retry tier");
         }
         published
     }
@@ -173,25 +217,22 @@ impl DeliveryRouter {
     async fn fail(
         &self,
         delivery: &Delivery,
+        headers: Headers,
         error: &str,
         class: ErrorClass,
         attempts: usize,
     ) -> bool {
-        let table = delivery.properties.headers().clone().unwrap_or_default();
-        let first_failed_at = headers::integer(Some(&table), FIRST_FAILED_AT)
+        let first_failed_at = headers
+            .integer(FIRST_FAILED_AT)
             .and_then(chrono::DateTime::from_timestamp_millis);
         let failure = NewFailure {
             queue: self.broker.topology().due_queue.clone(),
-            exchange: delivery.exchange.to_string(),
-            routing_key: delivery.routing_key.to_string(),
-            headers: headers::to_json(&table),
-            body: delivery.data[..delivery.data.len().min(self.failed_body_max)].to_vec(),
-            body_size: delivery.data.len() as i64,
-            message_id: delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|id| id.to_string()),
+            exchange: delivery.exchange.clone(),
+            routing_key: delivery.routing_key.clone(),
+            headers: headers.to_json(),
+            body: delivery.body[..delivery.body.len().min(self.failed_body_max)].to_vec(),
+            body_size: delivery.body.len() as i64,
+            message_id: delivery.properties.message_id.clone(),
             error: truncate(error),
             error_class: class,
             attempts: attempts as i32,
@@ -211,7 +252,7 @@ impl DeliveryRouter {
                 true
             }
             Err(store_error) => {
-                self.park(delivery, table, error, &store_error.to_string())
+                self.park(delivery, headers, error, &store_error.to_string())
                     .await
             }
         }
@@ -220,45 +261,32 @@ impl DeliveryRouter {
     async fn park(
         &self,
         delivery: &Delivery,
-        mut table: FieldTable,
+        headers: Headers,
         error: &str,
         store_error: &str,
     ) -> bool {
         let topology = self.broker.topology();
-        table.insert(LAST_ERROR.into(), headers::long_string(&truncate(error)));
-        table.insert(
-            PARKED_FROM.into(),
-            headers::long_string(&topology.due_queue),
-        );
+        let headers = parked_headers(headers, error, &topology.due_queue);
         let published = self
             .publish_to_queue(
                 &topology.parking_queue,
-                &delivery.data,
-                republished(&delivery.properties, table),
+                &delivery.body,
+                republished(&delivery.properties, headers),
             )
             .await;
         if published {
             metrics::counter!("order_timeout_parked_total").increment(1);
-            tracing::error!(message_id = %message_id(delivery), error, store_error, "failed-message store unreachable, message parked");
+            tracing::error!(message_id = %delivery.message_id(), error, store_error, "failed-message store unreachable, message parked");
             self.alerter.send(Alert {
                 queue: topology.parking_queue.clone(),
-                message_id: delivery
-                    .properties
-                    .message_id()
-                    .as_ref()
-                    .map(|id| id.to_string()),
+                message_id: delivery.properties.message_id.clone(),
                 error: format!("parked: {error}"),
             });
         }
         published
     }
 
-    async fn publish_to_queue(
-        &self,
-        queue: &str,
-        body: &[u8],
-        properties: BasicProperties,
-    ) -> bool {
+    async fn publish_to_queue(&self, queue: &str, body: &[u8], properties: Properties) -> bool {
         let message = Outgoing {
             exchange: "",
             routing_key: queue,
@@ -276,37 +304,207 @@ impl DeliveryRouter {
     }
 }
 
+/// Moves every message that was in the parking queue when the call began back to the
+/// due queue: each republished with a confirm (without `x-parked-from`, its retry count
+/// reset), then its parked copy acked. A failed publish nacks that message back and ends
+/// the replay. Returns how many were moved.
+pub async fn replay_parking(broker: &Broker) -> Result<u32, PublishError> {
+    let topology = broker.topology();
+    let reader = broker.read_queue(&topology.parking_queue).await?;
+    let mut replayed = 0u32;
+    for _ in 0..reader.ready() {
+        let Some(delivery) = reader.get().await? else {
+            break;
+        };
+        let mut stored = delivery.headers().to_json();
+        if let serde_json::Value::Object(map) = &mut stored {
+            map.remove(PARKED_FROM);
+        }
+        let outgoing = Outgoing {
+            exchange: "",
+            routing_key: &topology.due_queue,
+            body: &delivery.body,
+            properties: republished(
+                &delivery.properties,
+                Headers::from_json_for_requeue(&stored),
+            ),
+            mandatory: true,
+        };
+        if let Err(error) = broker.publish(Publisher::Admin, &[outgoing]).await {
+            let _ = delivery.nack(true).await;
+            return Err(error);
+        }
+        delivery.ack().await?;
+        replayed += 1;
+        tracing::info!(message_id = %delivery.message_id(), "admin replayed a parked message");
+    }
+    reader.close().await;
+    Ok(replayed)
+}
+
 /// The only headers a republished copy carries: the ones this service writes and reads.
 const REPUBLISHED_HEADERS: [&str; 4] = [RETRY_COUNT, LAST_ERROR, FIRST_FAILED_AT, PARKED_FROM];
 
 /// Properties for a republished copy: persistent, same id and type, no expiration, and
 /// only our own headers (never a client's `CC`/`BCC` routing headers).
-pub fn republished(original: &BasicProperties, headers: FieldTable) -> BasicProperties {
-    let mut properties = BasicProperties::default()
-        .with_delivery_mode(PERSISTENT)
-        .with_headers(headers::known_only(&headers, &REPUBLISHED_HEADERS));
-    if let Some(id) = original.message_id() {
-        properties = properties.with_message_id(id.clone());
+pub fn republished(original: &Properties, headers: Headers) -> Properties {
+    Properties {
+        persistent: true,
+        message_id: original.message_id.clone(),
+        content_type: original.content_type.clone(),
+        timestamp: original.timestamp,
+        expiration_ms: None,
+        headers: Some(headers.known_only(&REPUBLISHED_HEADERS)),
     }
-    if let Some(content_type) = original.content_type() {
-        properties = properties.with_content_type(content_type.clone());
-    }
-    if let Some(timestamp) = original.timestamp() {
-        properties = properties.with_timestamp(*timestamp);
-    }
-    properties
-}
-
-fn message_id(delivery: &Delivery) -> String {
-    delivery
-        .properties
-        .message_id()
-        .as_ref()
-        .map(|id| id.to_string())
-        .unwrap_or_default()
 }
 
 /// Headers are bounded; an error text is cut to a readable length.
 fn truncate(error: &str) -> String {
     error.chars().take(1000).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::broker::QueueType;
+    use crate::domain::EntityKind;
+
+    /// Three retry tiers (1 s, 5 s, 30 s) and levels up to a 30 s timeout (1 ms … 16 384 ms).
+    fn topology() -> Topology {
+        Topology::new(
+            "t",
+            &[(EntityKind::Order, Duration::from_secs(30))],
+            Duration::from_secs(30),
+            &[1, 5, 30].map(Duration::from_secs),
+            QueueType::Classic,
+        )
+    }
+
+    fn counted(count: Option<i64>) -> Headers {
+        let mut headers = Headers::default();
+        if let Some(count) = count {
+            headers.set_integer(RETRY_COUNT, count);
+        }
+        headers
+    }
+
+    fn transient() -> Disposition {
+        Disposition::Transient("pool timed out".into())
+    }
+
+    fn permanent() -> Disposition {
+        Disposition::Permanent("no order with id x".into())
+    }
+
+    #[test]
+    fn each_disposition_and_retry_count_has_its_route() {
+        use ErrorClass::{Permanent, Transient};
+        let retry = |tier, delay_ms| Route::Retry { tier, delay_ms };
+        let fail = |class, attempts| Route::Fail { class, attempts };
+        let rearm = |ms_left, level_ms| Route::Rearm { ms_left, level_ms };
+        #[rustfmt::skip]
+        let cases = [
+            // (disposition, x-retry-count, route)
+            (transient(), None, retry(1, 1000)),
+            (transient(), Some(0), retry(1, 1000)),
+            (transient(), Some(1), retry(2, 5000)),
+            (transient(), Some(2), retry(3, 30000)),
+            // The tiers spent: stored as failed, every attempt counted.
+            (transient(), Some(3), fail(Transient, 4)),
+            (transient(), Some(40), fail(Transient, 41)),
+            // A negative count from another client counts as none.
+            (transient(), Some(-5), retry(1, 1000)),
+            // Permanent: stored at once, whatever the count.
+            (permanent(), None, fail(Permanent, 1)),
+            (permanent(), Some(2), fail(Permanent, 3)),
+            // Early: the largest level not longer than the time left, at least the shortest.
+            (Disposition::Rearm(0), None, rearm(0, 1)),
+            (Disposition::Rearm(1), None, rearm(1, 1)),
+            (Disposition::Rearm(1500), Some(2), rearm(1500, 1024)),
+            (Disposition::Rearm(2048), None, rearm(2048, 2048)),
+            (Disposition::Rearm(10_000_000), None, rearm(10_000_000, 16384)),
+        ];
+        let topology = topology();
+        for (disposition, count, expected) in cases {
+            assert_eq!(
+                route(&disposition, &counted(count), &topology),
+                expected,
+                "{disposition:?} with x-retry-count {count:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_retry_count_that_is_not_an_integer_counts_as_none() {
+        let mut headers = Headers::default();
+        headers.set_text(RETRY_COUNT, "7");
+        assert_eq!(
+            route(&transient(), &headers, &topology()),
+            Route::Retry {
+                tier: 1,
+                delay_ms: 1000
+            }
+        );
+    }
+
+    #[test]
+    fn without_retry_tiers_a_transient_failure_is_stored_at_once() {
+        let topology = Topology::new("t", &[], Duration::from_secs(30), &[], QueueType::Classic);
+        assert_eq!(
+            route(&transient(), &Headers::default(), &topology),
+            Route::Fail {
+                class: ErrorClass::Transient,
+                attempts: 1
+            }
+        );
+    }
+
+    #[test]
+    fn a_retried_copy_counts_its_tier_and_keeps_its_first_failure() {
+        let first = retry_headers(Headers::default(), 1, "lock timeout", 1_000);
+        assert_eq!(first.integer(RETRY_COUNT), Some(1));
+        assert_eq!(first.text(LAST_ERROR).as_deref(), Some("lock timeout"));
+        assert_eq!(first.integer(FIRST_FAILED_AT), Some(1_000));
+        let second = retry_headers(first, 2, &"e".repeat(5000), 9_000);
+        assert_eq!(second.integer(RETRY_COUNT), Some(2));
+        assert_eq!(second.text(LAST_ERROR).map(|e| e.len()), Some(1000));
+        assert_eq!(second.integer(FIRST_FAILED_AT), Some(1_000));
+    }
+
+    #[test]
+    fn a_parked_copy_names_its_queue_and_error() {
+        let parked = parked_headers(counted(Some(3)), "store down", "t.due");
+        assert_eq!(parked.text(PARKED_FROM).as_deref(), Some("t.due"));
+        assert_eq!(parked.text(LAST_ERROR).as_deref(), Some("store down"));
+        assert_eq!(parked.integer(RETRY_COUNT), Some(3));
+    }
+
+    #[test]
+    fn a_republished_copy_keeps_id_type_and_time_and_only_our_headers() {
+        let mut headers = retry_headers(Headers::default(), 1, "e", 5);
+        headers.set_text("CC", "elsewhere");
+        headers.set_text("x-tenant", "acme");
+        let original = Properties {
+            persistent: false,
+            message_id: Some("id-1".into()),
+            content_type: Some("application/json".into()),
+            timestamp: Some(42),
+            expiration_ms: Some(1800000),
+            headers: None,
+        };
+        let copy = republished(&original, headers.clone());
+        assert!(copy.persistent);
+        assert_eq!(copy.message_id.as_deref(), Some("id-1"));
+        assert_eq!(copy.content_type.as_deref(), Some("application/json"));
+        assert_eq!(copy.timestamp, Some(42));
+        assert_eq!(copy.expiration_ms, None);
+        let kept = copy.headers.unwrap_or_default();
+        assert_eq!(
+            kept,
+            headers.known_only(&[RETRY_COUNT, LAST_ERROR, FIRST_FAILED_AT])
+        );
+        assert_eq!(kept.text("CC"), None);
+    }
 }

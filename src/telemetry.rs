@@ -9,8 +9,10 @@ use crate::config::LogFormat;
 
 /// Installs the log subscriber; `RUST_LOG` overrides the default `info` level.
 pub fn init_logs(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        let client = crate::broker::CLIENT_LOG_TARGET;
+        EnvFilter::new(format!("info,sqlx=warn,{client}=warn"))
+    });
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

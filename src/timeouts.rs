@@ -14,14 +14,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::StreamExt;
-use lapin::message::Delivery;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::broker::{Broker, Session};
+use crate::broker::{Broker, BrokerError, Delivery, Session};
 use crate::domain::{EntityKind, TimerMessage};
 use crate::liveness::Heartbeat;
 use crate::retry::{DeliveryRouter, Disposition};
@@ -81,21 +78,12 @@ impl DueConsumer {
         &self,
         session: &Session,
         shutdown: &CancellationToken,
-    ) -> Result<(), lapin::Error> {
+    ) -> Result<(), BrokerError> {
         let starting = self.heartbeat.busy();
-        let channel = session.consuming.create_channel().await?;
-        channel
-            .basic_qos(self.prefetch, BasicQosOptions::default())
+        let consumer = session
+            .consume(&self.broker.topology().due_queue, self.prefetch)
             .await?;
-        let tag = format!("order-timeout-{}", Uuid::now_v7());
-        let consumer = channel
-            .basic_consume(
-                self.broker.topology().due_queue.as_str().into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let (deliveries, channel) = consumer.split();
         drop(starting);
         tracing::info!(queue = %self.broker.topology().due_queue, prefetch = self.prefetch, "due consumer started");
         // A batch takes at most its share of the prefetch window, so while one batch
@@ -104,7 +92,7 @@ impl DueConsumer {
         // as large as the window would leave the window empty during every commit.
         let batch_size = usize::from(self.prefetch).div_ceil(self.concurrency.max(1));
         let ledger = &AckLedger::new(channel.clone());
-        consumer
+        deliveries
             .take_until(shutdown.cancelled())
             .ready_chunks(batch_size)
             .inspect(|batch| {
@@ -124,10 +112,7 @@ impl DueConsumer {
             })
             .await;
         if shutdown.is_cancelled() {
-            let _ = channel
-                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                .await;
-            let _ = channel.close(200, "shutting down".into()).await;
+            channel.stop().await;
         }
         Ok(())
     }
@@ -142,7 +127,7 @@ impl DueConsumer {
         let mut by_kind: HashMap<EntityKind, Vec<(Uuid, Delivery)>> = HashMap::new();
         let mut routes = Vec::new();
         for delivery in deliveries {
-            match serde_json::from_slice::<TimerMessage>(&delivery.data) {
+            match serde_json::from_slice::<TimerMessage>(&delivery.body) {
                 Ok(timer) => by_kind
                     .entry(timer.kind)
                     .or_default()
@@ -167,10 +152,7 @@ impl DueConsumer {
         }
         // Routed deliveries are acked by the delivery router; that must happen before a multiple
         // ack covers their tags.
-        let routed: Vec<u64> = routes
-            .iter()
-            .map(|(delivery, _)| delivery.delivery_tag)
-            .collect();
+        let routed: Vec<u64> = routes.iter().map(|(delivery, _)| delivery.tag).collect();
         let routing = routes
             .into_iter()
             .map(|(delivery, disposition)| self.delivery_router.dispose(delivery, disposition));

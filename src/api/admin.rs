@@ -7,8 +7,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -19,10 +17,9 @@ use super::AppState;
 use super::entity_handlers::{Listing, paged};
 use super::error::ApiError;
 use super::extract::{EntityId, QueryPairs};
-use crate::broker::headers;
-use crate::broker::{Outgoing, PublishError, Publisher};
+use crate::broker::{Headers, Outgoing, Properties, PublishError, Publisher};
 use crate::domain::FieldError;
-use crate::retry::{PARKED_FROM, republished};
+use crate::retry::{self, republished};
 use crate::store::failed::{self, FailedFilter, FailedMessage, FailedStatus};
 
 /// Rows requeued per transaction by "requeue all".
@@ -258,14 +255,12 @@ async fn republish(state: &AppState, rows: &[FailedMessage]) -> Result<(), ApiEr
     let properties: Vec<_> = rows
         .iter()
         .map(|row| {
-            let mut props = republished(
-                &Default::default(),
-                headers::from_json_for_requeue(&row.headers),
+            let mut properties = republished(
+                &Properties::default(),
+                Headers::from_json_for_requeue(&row.headers),
             );
-            if let Some(id) = &row.message_id {
-                props = props.with_message_id(id.as_str().into());
-            }
-            props
+            properties.message_id = row.message_id.clone();
+            properties
         })
         .collect();
     let messages: Vec<Outgoing<'_>> = rows
@@ -321,64 +316,9 @@ async fn discard(
 /// Moves every message that was in the parking queue when the call began back to the
 /// due queue: publish confirmed, then ack the parked copy.
 async fn replay_parking(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let topology = state.broker.topology();
-    let channel = state.broker.channel().await.map_err(broker_error)?;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        durable: true,
-        ..Default::default()
-    };
-    let queue = channel
-        .queue_declare(
-            topology.parking_queue.as_str().into(),
-            passive,
-            FieldTable::default(),
-        )
+    let replayed = retry::replay_parking(&state.broker)
         .await
-        .map_err(|e| broker_error(e.into()))?;
-    let mut replayed = 0u32;
-    for _ in 0..queue.message_count() {
-        let Some(message) = channel
-            .basic_get(
-                topology.parking_queue.as_str().into(),
-                BasicGetOptions::default(),
-            )
-            .await
-            .map_err(|e| broker_error(e.into()))?
-        else {
-            break;
-        };
-        let delivery = &message.delivery;
-        let mut stored =
-            headers::to_json(&delivery.properties.headers().clone().unwrap_or_default());
-        if let Value::Object(map) = &mut stored {
-            map.remove(PARKED_FROM);
-        }
-        let table = headers::from_json_for_requeue(&stored);
-        let outgoing = Outgoing {
-            exchange: "",
-            routing_key: &topology.due_queue,
-            body: &delivery.data,
-            properties: republished(&delivery.properties, table),
-            mandatory: true,
-        };
-        if let Err(error) = state.broker.publish(Publisher::Admin, &[outgoing]).await {
-            let _ = delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await;
-            return Err(broker_error(error));
-        }
-        delivery
-            .ack(BasicAckOptions::default())
-            .await
-            .map_err(|e| broker_error(e.into()))?;
-        replayed += 1;
-        tracing::info!(message_id = ?delivery.properties.message_id(), "admin replayed a parked message");
-    }
-    let _ = channel.close(200, "done".into()).await;
+        .map_err(broker_error)?;
     metrics::counter!("order_timeout_requeued_total", "source" => "parking")
         .increment(u64::from(replayed));
     tracing::info!(replayed, "admin replayed the parking queue");

@@ -17,9 +17,6 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use lapin::Channel;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -259,38 +256,26 @@ async fn read_broker(state: &AppState) -> BrokerView {
 }
 
 async fn depths(state: &AppState, labelled: &[(String, &'static str)]) -> Option<Vec<QueueView>> {
-    let mut channel = state.broker.channel().await.ok()?;
-    let mut queues = Vec::with_capacity(labelled.len());
-    for (name, role) in labelled {
-        match passive_declare(&channel, name).await {
-            Ok((messages, consumers)) => queues.push(QueueView {
+    let names: Vec<String> = labelled.iter().map(|(name, _)| name.clone()).collect();
+    let stats = state.broker.queue_stats(&names).await.ok()?;
+    let queues = labelled
+        .iter()
+        .zip(stats)
+        .map(|((name, role), read)| match read {
+            Ok(stats) => QueueView {
                 name: name.clone(),
                 role,
-                messages: Some(messages),
-                consumers: Some(consumers),
+                messages: Some(stats.messages),
+                consumers: Some(stats.consumers),
                 error: None,
-            }),
+            },
             Err(error) => {
                 tracing::debug!(queue = %name, %error, "console could not read a queue's depth");
-                queues.push(QueueView::unknown(name, role, "not declared"));
-                channel = state.broker.channel().await.ok()?;
+                QueueView::unknown(name, role, "not declared")
             }
-        }
-    }
-    let _ = channel.close(200, "read".into()).await;
+        })
+        .collect();
     Some(queues)
-}
-
-async fn passive_declare(channel: &Channel, name: &str) -> lapin::Result<(u32, u32)> {
-    let passive = QueueDeclareOptions {
-        passive: true,
-        durable: true,
-        ..Default::default()
-    };
-    let queue = channel
-        .queue_declare(name.into(), passive, FieldTable::default())
-        .await?;
-    Ok((queue.message_count(), queue.consumer_count()))
 }
 
 impl QueueView {

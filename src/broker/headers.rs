@@ -1,5 +1,6 @@
-//! AMQP headers as JSON (to store a failed message) and back (to requeue it), and the
-//! headers our retry loop reads and writes.
+//! Message headers as the service sees them ([`Headers`]): read and written by the retry
+//! loop, turned into JSON to store a failed message and back to requeue it. The AMQP
+//! table underneath stays in `broker`.
 
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
 use serde_json::{Map, Number, Value};
@@ -21,11 +22,67 @@ const BROKER_OWNED: [&str; 7] = [
     "x-last-death-reason",
 ];
 
+/// The headers of a message. Wraps the AMQP table, so a header keeps its exact AMQP type
+/// from delivery to republish, while nothing outside `broker` handles AMQP types.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Headers(FieldTable);
+
+impl Headers {
+    /// An integer header, written by us or by another client in any integer width.
+    pub fn integer(&self, key: &str) -> Option<i64> {
+        integer(Some(&self.0), key)
+    }
+
+    /// A text header (a long or short string that is UTF-8).
+    pub fn text(&self, key: &str) -> Option<String> {
+        match self.0.inner().get(key)? {
+            AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned),
+            AMQPValue::ShortString(s) => Some(s.to_string()),
+            _ => None,
+        }
+    }
+
+    /// Sets an integer header (a signed 64-bit AMQP integer).
+    pub fn set_integer(&mut self, key: &str, value: i64) {
+        self.0.insert(key.into(), AMQPValue::LongLongInt(value));
+    }
+
+    /// Sets a text header (an AMQP long string).
+    pub fn set_text(&mut self, key: &str, value: &str) {
+        self.0.insert(key.into(), long_string(value));
+    }
+
+    /// A copy with only the headers named in `known` (see [`known_only`]).
+    pub fn known_only(&self, known: &[&str]) -> Headers {
+        Headers(known_only(&self.0, known))
+    }
+
+    /// The headers as JSON, to store with a failed message (see [`to_json`]).
+    pub fn to_json(&self) -> Value {
+        to_json(&self.0)
+    }
+
+    /// Stored JSON headers back, for a requeue (see [`from_json_for_requeue`]).
+    pub fn from_json_for_requeue(headers: &Value) -> Headers {
+        Headers(from_json_for_requeue(headers))
+    }
+
+    /// The AMQP table, for a publish.
+    pub(super) fn to_table(&self) -> FieldTable {
+        self.0.clone()
+    }
+
+    /// Wraps a delivery's AMQP table.
+    pub(super) fn from_table(table: FieldTable) -> Headers {
+        Headers(table)
+    }
+}
+
 /// A copy of `table` with only the headers named in `known`. A republished message
 /// carries only what the service itself reads: a client's `CC`/`BCC` (which RabbitMQ
 /// routes on) or any other header would otherwise be re-sent by the service, copying
 /// the message wherever its publisher chose.
-pub fn known_only(table: &FieldTable, known: &[&str]) -> FieldTable {
+fn known_only(table: &FieldTable, known: &[&str]) -> FieldTable {
     let mut kept = FieldTable::default();
     for (key, value) in table.inner() {
         if known.contains(&key.as_str()) {
@@ -37,7 +94,7 @@ pub fn known_only(table: &FieldTable, known: &[&str]) -> FieldTable {
 
 /// Converts headers to JSON: numbers stay numbers, byte strings become text when UTF-8
 /// and an array of bytes otherwise.
-pub fn to_json(table: &FieldTable) -> Value {
+fn to_json(table: &FieldTable) -> Value {
     Value::Object(
         table
             .inner()
@@ -81,7 +138,7 @@ fn bytes_to_json(bytes: &[u8]) -> Value {
 
 /// Converts stored JSON headers back, leaving out the broker's dead-letter bookkeeping
 /// and our retry count (a requeue starts the retries afresh).
-pub fn from_json_for_requeue(headers: &Value) -> FieldTable {
+fn from_json_for_requeue(headers: &Value) -> FieldTable {
     let mut table = FieldTable::default();
     if let Value::Object(map) = headers {
         for (key, value) in map {
@@ -120,12 +177,12 @@ fn object_to_table(map: &Map<String, Value>) -> FieldTable {
 }
 
 /// A text header value.
-pub fn long_string(text: &str) -> AMQPValue {
+fn long_string(text: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(text.as_bytes().to_vec()))
 }
 
 /// Reads an integer header written by us or by another client in any integer width.
-pub fn integer(table: Option<&FieldTable>, key: &str) -> Option<i64> {
+fn integer(table: Option<&FieldTable>, key: &str) -> Option<i64> {
     match table?.inner().get(key)? {
         AMQPValue::ShortShortInt(n) => Some(i64::from(*n)),
         AMQPValue::ShortShortUInt(n) => Some(i64::from(*n)),

@@ -1,7 +1,8 @@
 //! RabbitMQ: the connections (owned by the supervisor), the topology, publishing with
-//! confirms and header conversion. The rest of the service sees `Broker::publish` and a
-//! way to follow the current session. Not yet the only place lapin appears: the consumer
-//! (`timeouts`), `retry`, `outbox` and the admin API still use its types directly.
+//! confirms, consuming, fetching and acking, and the service's own message types. The rest
+//! of the service sees `Broker` (publish, queue depths, a queue reader), `Session::consume`,
+//! [`Delivery`] (body, [`Properties`], [`Headers`], ack and nack) and [`Outgoing`]; lapin
+//! appears nowhere else in `src/`.
 //!
 //! Connections and channels (docs/architecture.md, "Broker"):
 //! - Each session is two connections to the same node of `AMQP_URL`: a *consuming* one
@@ -17,6 +18,8 @@
 //!   reconnects both, to any node that answers.
 
 mod backoff;
+mod consume;
+mod delivery;
 mod endpoints;
 pub mod headers;
 mod publisher;
@@ -26,10 +29,13 @@ pub mod topology;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::Connection;
 use tokio::sync::watch;
 
+pub use consume::{Consumer, ConsumerChannel, QueueReader, QueueStats};
+pub use delivery::{Delivery, Properties};
 pub use endpoints::{EndpointError, Endpoints};
+pub use headers::Headers;
 pub use publisher::Publisher;
 use publisher::PublisherChannels;
 pub use supervisor::{SupervisorError, supervise};
@@ -43,7 +49,7 @@ pub use topology::{QueueType, Topology};
 pub struct Session {
     /// The consuming connection: the due consumer's channel (deliveries and acks),
     /// declares and one-off reads (queue depths, the parking replay's gets and acks).
-    pub consuming: Arc<Connection>,
+    consuming: Arc<Connection>,
     /// The publishing connection, only for publishes with confirms.
     publishing: Arc<Connection>,
     /// One confirm channel per publisher role (see `publisher`).
@@ -80,7 +86,7 @@ pub struct Outgoing<'a> {
     /// Body bytes.
     pub body: &'a [u8],
     /// Properties; callers set persistence and ids.
-    pub properties: BasicProperties,
+    pub properties: Properties,
     /// Fail when no queue receives the message (timers); events may have no listener.
     pub mandatory: bool,
 }
@@ -110,9 +116,33 @@ pub enum PublishError {
     Timeout(std::time::Duration),
 }
 
+/// Why an AMQP operation other than a publish (consume, ack, get, passive declare) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// No connection right now; the supervisor is reconnecting.
+    #[error("broker not connected")]
+    NotConnected,
+    /// The connection or channel failed, or the broker refused (a missing queue).
+    #[error("broker error: {0}")]
+    Amqp(#[from] lapin::Error),
+}
+
+impl From<BrokerError> for PublishError {
+    fn from(error: BrokerError) -> Self {
+        match error {
+            BrokerError::NotConnected => PublishError::NotConnected,
+            BrokerError::Amqp(error) => PublishError::Broker(error),
+        }
+    }
+}
+
 /// Longest wait for the confirms of one publish call; past it the caller treats the
 /// messages as not published (and a later duplicate as harmless).
 const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The log target of the AMQP client library, which `telemetry` sets to warn unless
+/// `RUST_LOG` says otherwise: the supervisor logs connection changes itself.
+pub const CLIENT_LOG_TARGET: &str = "lapin";
 
 /// Delivery mode of a message written to disk by the broker.
 pub const PERSISTENT: u8 = 2;
@@ -237,26 +267,5 @@ impl Broker {
             set.insert(bucket.to_owned());
         }
         Ok(())
-    }
-
-    /// How many ready messages `queue` holds: a passive declare on a channel of its own
-    /// (a missing queue closes that channel, not a shared one).
-    pub async fn queue_depth(&self, queue: &str) -> Result<u32, PublishError> {
-        let channel = self.channel().await?;
-        let passive = lapin::options::QueueDeclareOptions {
-            passive: true,
-            durable: true,
-            ..Default::default()
-        };
-        let declared = channel
-            .queue_declare(queue.into(), passive, lapin::types::FieldTable::default())
-            .await;
-        let _ = channel.close(200, "depth read".into()).await;
-        Ok(declared?.message_count())
-    }
-
-    /// Opens a fresh channel on the consuming connection, for a one-off operation.
-    pub async fn channel(&self) -> Result<Channel, PublishError> {
-        Ok(self.current()?.consuming.create_channel().await?)
     }
 }

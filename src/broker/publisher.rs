@@ -110,7 +110,7 @@ async fn publish_and_confirm(
                 ..Default::default()
             },
             message.body,
-            message.properties.clone(),
+            message.properties.to_amqp(),
         )
     });
     let confirms = futures_util::future::try_join_all(publishes).await?;

@@ -10,14 +10,12 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
 
-use lapin::Channel;
-use lapin::message::Delivery;
-use lapin::options::BasicAckOptions;
+use crate::broker::{ConsumerChannel, Delivery};
 
 /// The settlement state of one channel's deliveries.
 pub struct AckLedger {
     /// The channel the deliveries came on; delivery tags are per channel.
-    channel: Channel,
+    channel: ConsumerChannel,
     /// Which tags arrived and which of them are settled.
     tags: Mutex<Tags>,
     /// Held while acks are written, so a multiple ack can never reach the broker before
@@ -27,7 +25,7 @@ pub struct AckLedger {
 
 impl AckLedger {
     /// A ledger for deliveries consumed on `channel`.
-    pub fn new(channel: Channel) -> Self {
+    pub fn new(channel: ConsumerChannel) -> Self {
         Self {
             channel,
             tags: Mutex::new(Tags::default()),
@@ -38,14 +36,14 @@ impl AckLedger {
     /// Notes deliveries as they arrive, in the order they arrived.
     pub fn received<'a>(&self, deliveries: impl IntoIterator<Item = &'a Delivery>) {
         let mut tags = self.tags.lock().unwrap_or_else(PoisonError::into_inner);
-        tags.received(deliveries.into_iter().map(|delivery| delivery.delivery_tag));
+        tags.received(deliveries.into_iter().map(|delivery| delivery.tag));
     }
 
     /// Acks `done`, whose effects are committed, after the router acked or nacked the
     /// deliveries tagged `routed` itself.
     pub async fn settle(&self, done: &[Delivery], routed: &[u64]) {
         let _writing = self.writing.lock().await;
-        let done_tags: Vec<u64> = done.iter().map(|delivery| delivery.delivery_tag).collect();
+        let done_tags: Vec<u64> = done.iter().map(|delivery| delivery.tag).collect();
         let ack = self
             .tags
             .lock()
@@ -53,15 +51,9 @@ impl AckLedger {
             .settle(&done_tags, routed);
         let result = match ack {
             Ack::Nothing => return,
-            Ack::UpTo(last) => {
-                self.channel
-                    .basic_ack(last, BasicAckOptions { multiple: true })
-                    .await
-            }
+            Ack::UpTo(last) => self.channel.ack_up_to(last).await,
             Ack::Each => {
-                let acks = done
-                    .iter()
-                    .map(|delivery| delivery.ack(BasicAckOptions::default()));
+                let acks = done.iter().map(Delivery::ack);
                 futures_util::future::join_all(acks)
                     .await
                     .into_iter()

@@ -13,7 +13,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation};
 use order_timeout::broker::{
-    self, Broker, Endpoints, Outgoing, PERSISTENT, PublishError, Publisher,
+    self, Broker, Endpoints, Outgoing, PERSISTENT, Properties, PublishError, Publisher,
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -104,7 +104,7 @@ fn message(routing_key: &str) -> Outgoing<'_> {
         exchange: "",
         routing_key,
         body: b"x",
-        properties: BasicProperties::default().with_delivery_mode(PERSISTENT),
+        properties: Properties::persistent(),
         mandatory: true,
     }
 }
