@@ -2,16 +2,19 @@
 # Runs schemathesis (PyPI, pinned) over openapi.yaml against the service's binary with a
 # fresh database and queue prefix, for a bounded time (MAX_TIME seconds, default 150).
 # Checks: no 500, every status and content type documented, every body matching its
-# schema, and invalid input refused. Not yet called by scripts/test (next step); runs alone (the
-# services must be up and the binary built: `cargo build --bins`).
+# schema, and invalid input refused. scripts/test runs it after the other tests; alone it needs
+# the services up and the binary built (`cargo build --bins`). schemathesis is installed once
+# per machine into a virtualenv in the user's cache (not in the clone, so a fresh clone on
+# the same machine does not install it again).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SCHEMATHESIS_VERSION=4.32.5
 MAX_TIME=${MAX_TIME:-150}
-venv=target/schemathesis-venv
+venv=${XDG_CACHE_HOME:-$HOME/.cache}/order-timeout/schemathesis-$SCHEMATHESIS_VERSION
 if [[ ! -x $venv/bin/schemathesis ]] || ! $venv/bin/schemathesis --version | grep -q "$SCHEMATHESIS_VERSION"; then
     echo "installing schemathesis $SCHEMATHESIS_VERSION into $venv"
+    mkdir -p "$(dirname "$venv")"
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
 fi
