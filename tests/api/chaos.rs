@@ -58,7 +58,7 @@ async fn assert_not_ready_because_of(app: &TestApp, address: &str, dependency: &
 }
 
 /// Waits until an instance at `address` answers `/readyz` 200.
-async fn wait_ready_at(app: &TestApp, address: &str, within: Duration) {
+pub(crate) async fn wait_ready_at(app: &TestApp, address: &str, within: Duration) {
     let ready = eventually(within, || async {
         matches!(app.client.get(format!("{address}/readyz")).send().await, Ok(r) if r.status() == StatusCode::OK)
     })
@@ -367,14 +367,14 @@ async fn a_graceful_stop_mid_load_leaves_nothing_half_done_and_a_second_instance
 }
 
 /// The real `order-timeout` binary, run with environment variables like in production.
-struct Binary {
+pub(crate) struct Binary {
     child: tokio::process::Child,
-    address: String,
+    pub(crate) address: String,
     log: PathBuf,
 }
 
 impl Binary {
-    fn start(env: &TestEnv, extra: &[(&str, &str)]) -> Self {
+    pub(crate) fn start(env: &TestEnv, extra: &[(&str, &str)]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .expect("free port")
             .local_addr()
@@ -415,7 +415,7 @@ impl Binary {
         }
     }
 
-    fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("running").to_string();
         let status = std::process::Command::new("kill")
             .args([signal, &pid])
@@ -431,7 +431,7 @@ impl Binary {
             .map(|status| status.expect("wait"))
     }
 
-    fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
@@ -609,7 +609,7 @@ async fn the_binary_exits_non_zero_when_the_broker_is_never_reachable_within_rec
 }
 
 /// The instance holding the outbox lease, and until when (database time), if any.
-async fn lease(app: &TestApp) -> Option<(uuid::Uuid, bool)> {
+pub(crate) async fn lease(app: &TestApp) -> Option<(uuid::Uuid, bool)> {
     sqlx::query_as("select holder, expires_at > now() from outbox_lease where partition = 0")
         .fetch_optional(&app.pool)
         .await

@@ -15,6 +15,7 @@ mod failures;
 mod hostile;
 mod http_contract;
 mod openapi;
+mod outbox_relay;
 mod prometheus;
 mod reminders;
 mod timers;

@@ -1,0 +1,228 @@
+//! The outbox relay with several instances against one database (migrations/0004: one
+//! relay publishes at a time, the one holding the lease; rows are deleted only after
+//! the broker confirmed them): side by side under load nothing is lost and each
+//! entity's events keep their order; a relay killed between the broker's confirm and
+//! the delete leaves its rows to the next holder, which publishes them again
+//! (duplicates, never a loss).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use serde_json::Value;
+
+use crate::chaos::load::{Load, LoadShape, Outage, init_logs, verify};
+use crate::chaos::{Binary, lease, wait_ready_at};
+use crate::helpers::{TestApp, eventually};
+
+/// How long settling may take after the load stops.
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// A second queue bound to every event, read only at the end: the order in which the
+/// events were published (the one `verify` reads is drained while it waits).
+async fn observe_in_order(app: &TestApp) -> String {
+    app.wait_ready().await;
+    let queue = format!("{}.test.events.ordered", app.topology.prefix);
+    let channel = app.channel().await;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(queue.as_str().into(), durable, FieldTable::default())
+        .await
+        .expect("declare");
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            app.topology.events_exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind");
+    queue
+}
+
+/// Asserts that every entity's first `created` event came before its first later event
+/// (paid, cancelled), and that every entity has a `created`. Returns how many entities
+/// had both.
+fn assert_each_entity_in_order(messages: &[(String, Value)]) -> usize {
+    #[derive(Default)]
+    struct Firsts {
+        created: Option<usize>,
+        later: Option<(usize, String)>,
+    }
+    let mut firsts: HashMap<String, Firsts> = HashMap::new();
+    for (position, (key, body)) in messages.iter().enumerate() {
+        let id = body["id"].as_str().unwrap_or_default().to_owned();
+        let entry = firsts.entry(id).or_default();
+        if key.ends_with(".created") {
+            entry.created.get_or_insert(position);
+        } else {
+            entry.later.get_or_insert((position, key.clone()));
+        }
+    }
+    let mut both = 0;
+    for (id, first) in &firsts {
+        let created = first
+            .created
+            .unwrap_or_else(|| panic!("entity {id}: events without a created event"));
+        if let Some((later, key)) = &first.later {
+            assert!(
+                created < *later,
+                "entity {id}: {key} (message {later}) published before its created event (message {created})"
+            );
+            both += 1;
+        }
+    }
+    both
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_relaying_side_by_side_under_load_lose_nothing_and_keep_each_entitys_order()
+{
+    init_logs();
+    let app = TestApp::spawn().await;
+    let events = app.observe_events().await;
+    let ordered = observe_in_order(&app).await;
+    let second = app.spawn_instance(|_| {}).await;
+    wait_ready_at(&app, &second.address, Duration::from_secs(15)).await;
+    // Both relays run; whichever holds the lease publishes what both instances write.
+    let load = Load::start(
+        vec![app.instance.address.clone(), second.address.clone()],
+        LoadShape::default(),
+    );
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let stats = load.finish().await;
+    stats.assert_http_never_failed();
+    let verdict = verify(&app, "two relays", &events, &stats, &[], SETTLE).await;
+    let published = app.drain(&ordered).await;
+    let settled = assert_each_entity_in_order(&published);
+    assert_eq!(
+        settled, verdict.orders,
+        "every order's created and final event, in order"
+    );
+}
+
+/// Makes every `delete from outbox` hang inside the database while `relay_fault.hang`
+/// is set: the relay that runs it has published its batch (deletes follow the
+/// confirms) and is stopped right before the rows go.
+async fn install_hanging_delete(app: &TestApp) {
+    for statement in [
+        "create table relay_fault (hang boolean not null)",
+        "insert into relay_fault values (false)",
+        "create function relay_fault_hang() returns trigger language plpgsql as $$
+         begin
+           if (select hang from relay_fault) then perform pg_sleep(60); end if;
+           return null;
+         end $$",
+        "create trigger relay_fault before delete on outbox
+         for each statement execute function relay_fault_hang()",
+    ] {
+        sqlx::query(statement)
+            .execute(&app.pool)
+            .await
+            .expect("fault trigger");
+    }
+}
+
+async fn set_hanging(app: &TestApp, hang: bool) {
+    sqlx::query("update relay_fault set hang = $1")
+        .bind(hang)
+        .execute(&app.pool)
+        .await
+        .expect("set the fault");
+}
+
+/// The backend whose outbox delete hangs in the fault trigger, if any.
+async fn hung_delete(app: &TestApp) -> Option<i32> {
+    sqlx::query_scalar(
+        "select pid from pg_stat_activity
+          where datname = current_database() and wait_event = 'PgSleep'
+            and query ilike 'delete from outbox%'",
+    )
+    .fetch_optional(&app.pool)
+    .await
+    .expect("pg_stat_activity")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_between_the_confirm_and_the_delete_leaves_its_rows_to_the_next_holder_which_publishes_them_again()
+ {
+    init_logs();
+    let mut app = TestApp::spawn().await;
+    let events = app.observe_events().await;
+    // Only the binary relays at first: the harness's instance only set things up.
+    app.instance.stop().await.expect("stop the set-up instance");
+    install_hanging_delete(&app).await;
+    let killed = Binary::start(&app.env, &[]);
+    wait_ready_at(&app, &killed.address, Duration::from_secs(20)).await;
+    let held = eventually(Duration::from_secs(10), || async {
+        lease(&app).await.is_some_and(|(_, live)| live)
+    })
+    .await;
+    assert!(held, "the binary never took the lease: {}", killed.log_tail());
+    let (first_holder, _) = lease(&app).await.expect("lease");
+    let survivor = app.spawn_instance(|_| {}).await;
+    wait_ready_at(&app, &survivor.address, Duration::from_secs(15)).await;
+    let load = Load::start(
+        vec![killed.address.clone(), survivor.address.clone()],
+        LoadShape::default(),
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // The holder's next delete hangs: its batch is confirmed by the broker and still in
+    // the outbox. It is killed there.
+    set_hanging(&app, true).await;
+    let pid = crate::helpers::poll(Duration::from_secs(10), || hung_delete(&app)).await;
+    let Some(pid) = pid else {
+        panic!("no relay delete reached the fault: {}", killed.log_tail())
+    };
+    killed.signal("-KILL");
+    let killed_at = app.db_now().await;
+    load.retarget(vec![survivor.address.clone()]);
+    set_hanging(&app, false).await;
+    // The dead client's backend would sleep on; its transaction deleted nothing.
+    sqlx::query("select pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(&app.pool)
+        .await
+        .expect("terminate the hung backend");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let stats = load.finish().await;
+    stats.assert_always_answered_well();
+    assert!(
+        stats
+            .transport_errors
+            .keys()
+            .all(|target| *target == killed.address),
+        "{:?}",
+        stats.transport_errors
+    );
+    // The survivor takes the lease once the dead holder's expires.
+    let outage = Outage {
+        start: killed_at,
+        end: killed_at,
+    };
+    let verdict = verify(
+        &app,
+        "relay killed before its delete",
+        &events,
+        &stats,
+        &[outage],
+        SETTLE,
+    )
+    .await;
+    assert!(
+        verdict.duplicate_events > 0,
+        "the killed relay's confirmed batch was not published again: {verdict:?}"
+    );
+    let (holder, live) = lease(&app).await.expect("lease");
+    assert!(
+        holder != first_holder && live,
+        "the survivor does not hold the lease"
+    );
+}
