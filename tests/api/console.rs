@@ -15,7 +15,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, eventually, id_of, poll};
+use crate::helpers::{TestApp, eventually, expect_error, id_of, poll};
 
 const WITHIN: Duration = Duration::from_secs(20);
 const TOKEN: &str = "test-admin-token";
@@ -60,19 +60,12 @@ impl Scene {
         assert_eq!(app.pay(&paid).await.0, StatusCode::OK);
         let customer_cancelled = id_of(&app.create_order().await);
         assert_eq!(
-            app.post(&format!("/orders/{customer_cancelled}/cancel"), json!({}))
-                .await
-                .0,
+            app.cancel_order(&customer_cancelled).await.0,
             StatusCode::OK
         );
         let pending = id_of(&app.create_order().await);
         let accepted = id_of(&app.create_waybill().await);
-        let (status, body) = app
-            .post(
-                &format!("/waybills/{accepted}/accept"),
-                json!({"carrier_id": "dhl"}),
-            )
-            .await;
+        let (status, body) = app.accept_waybill(&accepted, "dhl").await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let timed_out = id_of(&app.create_waybill().await);
 
@@ -374,19 +367,14 @@ async fn the_endpoints_refuse_a_missing_or_wrong_token_and_the_page_is_served_wi
     let lookup = format!("/admin/lookup/{}", Uuid::now_v7());
     for path in ["/admin/overview", lookup.as_str()] {
         for token in [None, Some("wrong-token"), Some("")] {
-            let mut request = app.client.get(app.url(path));
+            let mut request = app.request(Method::GET, path);
             if let Some(token) = token {
                 request = request.bearer_auth(token);
             }
-            let response = request.send().await.unwrap();
-            assert_eq!(
-                response.status(),
-                StatusCode::UNAUTHORIZED,
-                "{path} with {token:?}"
-            );
-            assert_eq!(response.headers()[WWW_AUTHENTICATE], "Bearer");
-            let body: Value = response.json().await.unwrap();
-            assert_eq!(body["error"]["code"], "unauthorized");
+            let reply = app.send(request).await;
+            assert_eq!(reply.headers[WWW_AUTHENTICATE], "Bearer");
+            let answer = reply.answer();
+            expect_error(answer, StatusCode::UNAUTHORIZED, "unauthorized");
         }
     }
     for (path, content_type) in [
@@ -394,10 +382,10 @@ async fn the_endpoints_refuse_a_missing_or_wrong_token_and_the_page_is_served_wi
         ("/admin/console.css", "text/css; charset=utf-8"),
         ("/admin/console.js", "text/javascript; charset=utf-8"),
     ] {
-        let response = app.client.get(app.url(path)).send().await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK, "{path}");
-        assert_eq!(response.headers()[CONTENT_TYPE], content_type);
-        let policy = response.headers()[CONTENT_SECURITY_POLICY]
+        let reply = app.send(app.request(Method::GET, path)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{path}");
+        assert_eq!(reply.headers[CONTENT_TYPE], content_type);
+        let policy = reply.headers[CONTENT_SECURITY_POLICY]
             .to_str()
             .unwrap()
             .to_owned();
@@ -405,7 +393,7 @@ async fn the_endpoints_refuse_a_missing_or_wrong_token_and_the_page_is_served_wi
             policy.contains("script-src 'self'") && !policy.contains("unsafe-inline"),
             "{policy}"
         );
-        let text = response.text().await.unwrap();
+        let text = reply.text;
         assert!(
             !text.contains("innerHTML") && !text.contains("insertAdjacentHTML"),
             "{path} renders HTML from strings"
@@ -415,29 +403,22 @@ async fn the_endpoints_refuse_a_missing_or_wrong_token_and_the_page_is_served_wi
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let response = no_redirects.get(app.url("/admin")).send().await.unwrap();
-    assert!(response.status().is_redirection(), "{}", response.status());
-    assert_eq!(response.headers()[LOCATION], "/admin/");
+    let reply = app.send(no_redirects.get(app.url("/admin"))).await;
+    assert!(reply.status.is_redirection(), "{}", reply.status);
+    assert_eq!(reply.headers[LOCATION], "/admin/");
 
     let disabled = app.spawn_instance(|c| c.admin_token = None).await;
-    let response = app
+    let request = app
         .client
         .get(format!("{}/admin/overview", disabled.address))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "admin_disabled");
+        .bearer_auth(TOKEN);
+    let answer = app.send(request).await.answer();
+    expect_error(answer, StatusCode::SERVICE_UNAVAILABLE, "admin_disabled");
     let page = app
-        .client
-        .get(format!("{}/admin/", disabled.address))
-        .send()
-        .await
-        .unwrap();
+        .send(app.client.get(format!("{}/admin/", disabled.address)))
+        .await;
     assert_eq!(
-        page.status(),
+        page.status,
         StatusCode::OK,
         "the page still loads and tells why it cannot sign in"
     );

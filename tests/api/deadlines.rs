@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::helpers::{AMQP_URL, TestApp, eventually, id_of, via_port};
+use crate::helpers::{AMQP_URL, TestApp, eventually, expect_error, expect_status, id_of, via_port};
 use crate::proxy::FaultProxy;
 
 const WITHIN: Duration = Duration::from_secs(20);
@@ -102,8 +102,7 @@ async fn an_extended_order_outlives_its_old_deadline_and_is_cancelled_after_the_
     let events = app.observe_events().await;
     let order = app.create_order().await;
     let id = id_of(&order);
-    let (status, extended) = extend(&app, "orders", &id, json!(3)).await;
-    assert_eq!(status, StatusCode::OK, "{extended}");
+    let extended = expect_status(extend(&app, "orders", &id, json!(3)).await, StatusCode::OK);
     assert_eq!(extended["status"], "pending");
     let new_deadline = time_of(&extended, "expires_at");
     assert_eq!(
@@ -137,8 +136,10 @@ async fn the_extended_event_carries_the_waybill_with_its_new_deadline() {
     let app = TestApp::spawn().await;
     let events = app.observe_events().await;
     let id = id_of(&app.create_waybill().await);
-    let (status, extended) = extend(&app, "waybills", &id, json!(60)).await;
-    assert_eq!(status, StatusCode::OK, "{extended}");
+    let extended = expect_status(
+        extend(&app, "waybills", &id, json!(60)).await,
+        StatusCode::OK,
+    );
     let (_, shown) = app.get(&format!("/waybills/{id}")).await;
     assert_eq!(shown, extended);
     let seen = collect_events(&app, &events, |e| e.len() >= 2).await;
@@ -218,23 +219,11 @@ async fn settled_and_expired_entities_are_not_extended_and_bad_input_names_the_f
     let paid = id_of(&app.create_order().await);
     assert_eq!(app.pay(&paid).await.0, StatusCode::OK);
     let cancelled = id_of(&app.create_order().await);
-    let (status, _) = app
-        .post(&format!("/orders/{cancelled}/cancel"), json!({}))
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    expect_status(app.cancel_order(&cancelled).await, StatusCode::OK);
     let accepted = id_of(&app.create_waybill().await);
-    let (status, _) = app
-        .post(
-            &format!("/waybills/{accepted}/accept"),
-            json!({"carrier_id": "c1"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    expect_status(app.accept_waybill(&accepted, "c1").await, StatusCode::OK);
     let dropped = id_of(&app.create_waybill().await);
-    let (status, _) = app
-        .post(&format!("/waybills/{dropped}/cancel"), json!({}))
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    expect_status(app.cancel_waybill(&dropped).await, StatusCode::OK);
     // Past its deadline in database time, before any timer could cancel it.
     let overdue = Uuid::now_v7();
     sqlx::query("insert into orders (id, customer_id, amount_cents, currency, expires_at) values ($1, 'c', 1, 'EUR', now() - interval '1 millisecond')")
@@ -249,11 +238,10 @@ async fn settled_and_expired_entities_are_not_extended_and_bad_input_names_the_f
         ("waybills", dropped.as_str(), "waybill_cancelled"),
         ("orders", &overdue.to_string(), "order_expired"),
     ] {
-        let (status, body) = extend(&app, path, id, json!(5)).await;
-        assert_eq!(
-            (status, body["error"]["code"].as_str()),
-            (StatusCode::CONFLICT, Some(code)),
-            "{path}/{id}: {body}"
+        expect_error(
+            extend(&app, path, id, json!(5)).await,
+            StatusCode::CONFLICT,
+            code,
         );
     }
     assert_eq!(app.order_status(&overdue.to_string()).await, "pending");
@@ -274,11 +262,12 @@ async fn settled_and_expired_entities_are_not_extended_and_bad_input_names_the_f
         (json!([5]), "body"),
     ];
     for (body, field) in bad {
-        let (status, answer) = app
-            .post(&format!("/orders/{id}/extend"), body.clone())
-            .await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
-        assert_eq!(answer["error"]["code"], "validation_failed", "{body}");
+        let answer = expect_error(
+            app.post(&format!("/orders/{id}/extend"), body.clone())
+                .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
         assert_eq!(answer["error"]["field"], field, "{body}: {answer}");
     }
     let response = app
@@ -292,15 +281,15 @@ async fn settled_and_expired_entities_are_not_extended_and_bad_input_names_the_f
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     let (_, unchanged) = app.get(&format!("/orders/{id}")).await;
     assert_eq!(unchanged["expires_at"], pending["expires_at"]);
-    let (status, body) = extend(&app, "orders", &Uuid::now_v7().to_string(), json!(5)).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (StatusCode::NOT_FOUND, Some("not_found"))
+    expect_error(
+        extend(&app, "orders", &Uuid::now_v7().to_string(), json!(5)).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
     );
-    let (status, body) = extend(&app, "waybills", "not-a-uuid", json!(5)).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("invalid_id"))
+    expect_error(
+        extend(&app, "waybills", "not-a-uuid", json!(5)).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_id",
     );
     let history: i64 = sqlx::query_scalar("select count(*) from deadline_history")
         .fetch_one(&app.pool)
@@ -325,8 +314,7 @@ async fn an_extension_during_a_broker_outage_is_kept_and_the_old_timer_cancels_n
     .await;
     assert!(armed, "timer never published");
     proxy.down();
-    let (status, extended) = extend(&app, "orders", &id, json!(5)).await;
-    assert_eq!(status, StatusCode::OK, "{extended}");
+    let extended = expect_status(extend(&app, "orders", &id, json!(5)).await, StatusCode::OK);
     // The old deadline passes while the service cannot reach the broker.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(app.order_status(&id).await, "pending");
@@ -352,18 +340,14 @@ async fn an_extension_survives_a_database_outage_over_the_old_deadline() {
     .await;
     let events = app.observe_events().await;
     let id = id_of(&app.create_order().await);
-    let (status, extended) = extend(&app, "orders", &id, json!(6)).await;
-    assert_eq!(status, StatusCode::OK, "{extended}");
+    let extended = expect_status(extend(&app, "orders", &id, json!(6)).await, StatusCode::OK);
     let new_deadline = time_of(&extended, "expires_at");
     proxy.down();
     // While the database is away an extension is refused as unavailable, changing nothing.
-    let (status, body) = extend(&app, "orders", &id, json!(6)).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Some("database_unavailable")
-        )
+    expect_error(
+        extend(&app, "orders", &id, json!(6)).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "database_unavailable",
     );
     // The old deadline (3 s) passes during the outage; its timer meets no database.
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -402,15 +386,12 @@ async fn deadlines_of(app: &TestApp, ids: &[Uuid]) -> Vec<DateTime<Utc>> {
 
 async fn bulk(app: &TestApp, token: Option<&str>, body: Value) -> (StatusCode, Value) {
     let mut request = app
-        .client
-        .post(app.url("/admin/deadlines/extend"))
+        .request(Method::POST, "/admin/deadlines/extend")
         .json(&body);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
-    let response = request.send().await.expect("request");
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
+    app.send(request).await.answer()
 }
 
 const TOKEN: Option<&str> = Some("test-admin-token");
@@ -434,10 +415,10 @@ async fn a_bulk_extension_counts_on_a_dry_run_then_extends_exactly_the_matching_
 
     let request = json!({"kind": "order", "seconds": 900, "customer_id": "many", "dry_run": true});
     for token in [None, Some("wrong")] {
-        let (status, body) = bulk(&app, token, request.clone()).await;
-        assert_eq!(
-            (status, body["error"]["code"].as_str()),
-            (StatusCode::UNAUTHORIZED, Some("unauthorized"))
+        expect_error(
+            bulk(&app, token, request.clone()).await,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
         );
     }
     let (status, body) = bulk(&app, TOKEN, request.clone()).await;
@@ -568,8 +549,10 @@ async fn bulk_filters_by_deadline_and_by_order_and_refuses_bad_requests_with_the
         ),
         (json!("extend"), "body"),
     ] {
-        let (status, answer) = bulk(&app, TOKEN, body.clone()).await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
+        let answer = expect_status(
+            bulk(&app, TOKEN, body.clone()).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        );
         assert_eq!(answer["error"]["field"], field, "{body}: {answer}");
     }
     assert_eq!(deadlines_of(&app, &late).await, late_before);
@@ -597,17 +580,16 @@ async fn orders_with_their_own_timeouts_never_wait_behind_longer_ones() {
         body["timeout_seconds"] = json!(seconds);
         body
     };
-    let (status, long) = app.post("/orders", with(20)).await;
-    assert_eq!(status, StatusCode::CREATED, "{long}");
-    let (status, short) = app.post("/orders", with(3)).await;
-    assert_eq!(status, StatusCode::CREATED, "{short}");
-    let (status, waybill) = app
-        .post(
+    let long = expect_status(app.post("/orders", with(20)).await, StatusCode::CREATED);
+    let short = expect_status(app.post("/orders", with(3)).await, StatusCode::CREATED);
+    let waybill = expect_status(
+        app.post(
             "/waybills",
             json!({"origin": "A", "destination": "B", "timeout_seconds": 4}),
         )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{waybill}");
+        .await,
+        StatusCode::CREATED,
+    );
     for (entity, seconds) in [(&long, 20), (&short, 3), (&waybill, 4)] {
         let timeout = time_of(entity, "expires_at") - time_of(entity, "created_at");
         assert_eq!(timeout.num_milliseconds(), seconds * 1000, "{entity}");
@@ -650,15 +632,19 @@ async fn a_timeout_outside_1_to_max_timeout_is_refused_with_its_field() {
     ] {
         let mut body = crate::helpers::order_body();
         body["timeout_seconds"] = bad.clone();
-        let (status, answer) = app.post("/orders", body).await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {answer}");
+        let answer = expect_status(
+            app.post("/orders", body).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        );
         assert_eq!(
             answer["error"]["field"], "timeout_seconds",
             "{bad}: {answer}"
         );
         let body = json!({"origin": "A", "destination": "B", "timeout_seconds": bad});
-        let (status, answer) = app.post("/waybills", body).await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+        let answer = expect_status(
+            app.post("/waybills", body).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        );
         assert_eq!(answer["error"]["field"], "timeout_seconds", "{answer}");
     }
     assert_eq!(app.count_orders("pending").await, 0);

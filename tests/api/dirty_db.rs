@@ -19,15 +19,7 @@ const POSTGRES: &str = "127.0.0.1:5432";
 
 /// The value of `order_timeout_loop_stalled_seconds{loop="…"}` in the service's `/metrics`.
 async fn stalled_seconds(app: &TestApp, which: &str) -> Option<f64> {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+    let text = app.metrics_text().await;
     let prefix = format!("order_timeout_loop_stalled_seconds{{loop=\"{which}\"}} ");
     text.lines()
         .find_map(|line| line.strip_prefix(&prefix))

@@ -12,7 +12,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, eventually, id_of, poll};
+use crate::helpers::{TestApp, eventually, expect_error, expect_status, id_of, poll};
 use crate::proxy::FaultProxy;
 
 const WITHIN: Duration = Duration::from_secs(20);
@@ -158,15 +158,7 @@ async fn a_locked_row_exhausts_the_retries_then_a_requeue_cancels_the_order() {
         (status, again["error"]["code"].as_str()),
         (StatusCode::CONFLICT, Some("already_resolved"))
     );
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains("order_timeout_retries_total{tier=\"2\"}"),
         "retries by tier"
@@ -297,55 +289,30 @@ async fn database_down_for_the_whole_retry_budget_parks_messages_and_a_replay_re
 #[tokio::test]
 async fn admin_routes_need_the_token_and_are_off_without_one() {
     let app = TestApp::spawn().await;
-    let url = app.url("/admin/failed-messages");
-    let none = app.client.get(&url).send().await.unwrap();
-    assert_eq!(none.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(
-        none.json::<Value>().await.unwrap()["error"]["code"],
-        "unauthorized"
-    );
-    let wrong = app
-        .client
-        .get(&url)
-        .bearer_auth("test-admin-tokem")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
-    let right = app
-        .client
-        .get(&url)
-        .bearer_auth("test-admin-token")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(right.status(), StatusCode::OK);
+    async fn list(app: &TestApp, token: Option<&str>) -> crate::helpers::Reply {
+        let mut request = app.request(Method::GET, "/admin/failed-messages");
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        app.send(request).await
+    }
+    let none = list(&app, None).await.answer();
+    expect_error(none, StatusCode::UNAUTHORIZED, "unauthorized");
+    let wrong = list(&app, Some("test-admin-tokem")).await.answer();
+    expect_error(wrong, StatusCode::UNAUTHORIZED, "unauthorized");
+    let right = list(&app, Some("test-admin-token")).await.answer();
+    expect_status(right, StatusCode::OK);
     let disabled = TestApp::spawn_with(|c| c.admin_token = None).await;
-    let response = disabled
-        .client
-        .post(disabled.url("/admin/parking/requeue"))
-        .bearer_auth("anything")
-        .send()
+    let request = disabled.request(Method::POST, "/admin/parking/requeue");
+    let answer = disabled
+        .send(request.bearer_auth("anything"))
         .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(
-        response.json::<Value>().await.unwrap()["error"]["code"],
-        "admin_disabled"
-    );
+        .answer();
+    expect_error(answer, StatusCode::SERVICE_UNAVAILABLE, "admin_disabled");
+    // An empty ADMIN_TOKEN disables the admin API.
     let empty = TestApp::spawn_with(|c| c.admin_token = Some(String::new())).await;
-    let response = empty
-        .client
-        .get(empty.url("/admin/failed-messages"))
-        .bearer_auth("")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        response.status(),
-        StatusCode::SERVICE_UNAVAILABLE,
-        "an empty ADMIN_TOKEN disables the admin API"
-    );
+    let answer = list(&empty, Some("")).await.answer();
+    expect_error(answer, StatusCode::SERVICE_UNAVAILABLE, "admin_disabled");
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! The test harness: every test gets its own database and queue prefix, a running
-//! service built exactly as `main` builds it, and helpers that read like the API.
+//! service built exactly as `main` builds it, and helpers that read like the API. Every
+//! answer the helpers receive is checked against `openapi.yaml` (see `contract`).
 
 use std::future::Future;
 use std::time::Duration;
@@ -20,6 +21,13 @@ use sqlx::postgres::PgPoolOptions;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+// Beside this file whichever test binary includes it (tests/api, tests/cluster,
+// tests/broker_restart.rs).
+#[path = "contract.rs"]
+pub mod contract;
+
+pub use contract::Reply;
 
 /// The real local services.
 pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -250,6 +258,19 @@ impl TestApp {
         );
     }
 
+    /// A request to this app's instance, for what `get`/`post`/`admin` do not set
+    /// (headers, raw bodies); send it with [`TestApp::send`].
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, self.url(path))
+    }
+
+    /// Sends a request (to any instance, from any client) and checks the answer against
+    /// `openapi.yaml`: the test fails on an undocumented status, header, content type or
+    /// body shape.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        send_checked(request).await
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
         send(self.client.post(self.url(path)).json(&body)).await
     }
@@ -265,6 +286,15 @@ impl TestApp {
                 .bearer_auth("test-admin-token"),
         )
         .await
+    }
+
+    /// The text of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        let reply = self
+            .send(self.request(reqwest::Method::GET, "/metrics"))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "/metrics: {}", reply.text);
+        reply.text
     }
 
     /// Creates an order and returns it; panics unless 201.
@@ -283,6 +313,20 @@ impl TestApp {
 
     pub async fn pay(&self, id: &str) -> (StatusCode, Value) {
         self.post(&format!("/orders/{id}/pay"), json!({})).await
+    }
+
+    pub async fn cancel_order(&self, id: &str) -> (StatusCode, Value) {
+        self.post(&format!("/orders/{id}/cancel"), json!({})).await
+    }
+
+    pub async fn accept_waybill(&self, id: &str, carrier: &str) -> (StatusCode, Value) {
+        let body = json!({ "carrier_id": carrier });
+        self.post(&format!("/waybills/{id}/accept"), body).await
+    }
+
+    pub async fn cancel_waybill(&self, id: &str) -> (StatusCode, Value) {
+        self.post(&format!("/waybills/{id}/cancel"), json!({}))
+            .await
     }
 
     /// The status column of an order, read from the database.
@@ -459,15 +503,26 @@ async fn start(config: Config) -> Instance {
 }
 
 async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
-    let response = request.send().await.expect("request");
-    let status = response.status();
-    let text = response.text().await.expect("body");
-    let body = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or(Value::String(text))
-    };
-    (status, body)
+    let reply = send_checked(request).await;
+    (reply.status, reply.body)
+}
+
+/// Sends `request` and fails the test unless the answer is the one `openapi.yaml`
+/// documents for it (the path is the one answered, after any redirect).
+async fn send_checked(request: reqwest::RequestBuilder) -> Reply {
+    let (client, request) = request.build_split();
+    let request = request.expect("a well-formed request");
+    let method = request.method().clone();
+    let response = client
+        .execute(request)
+        .await
+        .unwrap_or_else(|e| panic!("{method}: no answer: {e}"));
+    let path = response.url().path().to_owned();
+    let reply = Reply::read(response).await;
+    if let Err(mismatch) = contract::Spec::get().check(&method, &path, &reply) {
+        panic!("openapi.yaml: {mismatch}");
+    }
+    reply
 }
 
 /// `url` with its port replaced, to reach a service through a fault proxy
@@ -526,6 +581,27 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The body of an answer that must have `status`; fails the test, showing the body,
+/// otherwise. `let paid = expect_status(app.pay(&id).await, StatusCode::OK);`
+#[track_caller]
+pub fn expect_status(answer: (StatusCode, Value), status: StatusCode) -> Value {
+    let (actual, body) = answer;
+    assert_eq!(actual, status, "{body}");
+    body
+}
+
+/// The body of an error answer that must have `status` and the error `code`.
+#[track_caller]
+pub fn expect_error(answer: (StatusCode, Value), status: StatusCode, code: &str) -> Value {
+    let (actual, body) = answer;
+    assert_eq!(
+        (actual, body["error"]["code"].as_str()),
+        (status, Some(code)),
+        "{body}"
+    );
+    body
 }
 
 /// The id field of an entity.

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{TestApp, order_body, poll};
+use crate::helpers::{TestApp, expect_error, expect_status, id_of, order_body, poll};
 
 /// How long a message takes at most through the service on a loaded machine.
 const WITHIN: Duration = Duration::from_secs(20);
@@ -46,23 +46,10 @@ async fn made_up_http_methods_do_not_add_metric_series() {
     let app = TestApp::spawn().await;
     for n in 0..30 {
         let method = reqwest::Method::from_bytes(format!("XABC{n}").as_bytes()).unwrap();
-        let response = app
-            .client
-            .request(method, app.url("/healthz"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let reply = app.send(app.request(method, "/healthz")).await;
+        assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
     }
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         !metrics.contains("method=\"XABC"),
         "a made-up method became a label value"
@@ -201,14 +188,17 @@ async fn a_urn_uuid_in_a_query_is_refused_not_a_500() {
         "/orders?limit=",
         "/orders?status=",
     ] {
-        let (status, body) = app.get(query).await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {body}");
-        assert_eq!(body["error"]["code"], "validation_failed", "{query}");
+        let answer = app.get(query).await;
+        expect_error(
+            answer,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
     }
-    let (status, _) = app
+    let answer = app
         .get("/waybills?order_id=67e55044-10b1-426f-9247-bb680e5fe0c8")
         .await;
-    assert_eq!(status, StatusCode::OK);
+    expect_status(answer, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -251,90 +241,62 @@ async fn a_cross_site_text_plain_or_form_post_is_refused_with_415() {
         Some("multipart/form-data; boundary=x"),
         None,
     ] {
-        let mut request = app.client.post(app.url("/orders")).body(body.clone());
+        let mut request = app.request(Method::POST, "/orders").body(body.clone());
         if let Some(content_type) = content_type {
             request = request.header("content-type", content_type);
         }
-        let response = request.send().await.unwrap();
-        assert_eq!(
-            response.status(),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "{content_type:?}"
-        );
-        let error: Value = response.json().await.unwrap();
-        assert_eq!(error["error"]["code"], "unsupported_media_type");
+        let answer = app.send(request).await.answer();
+        let refused = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+        expect_error(answer, refused, "unsupported_media_type");
     }
     assert_eq!(app.count_orders("pending").await, 0);
     // JSON (with a charset) is accepted, and an action without a body needs no type.
-    let response = app
-        .client
-        .post(app.url("/orders"))
+    let request = app
+        .request(Method::POST, "/orders")
         .header("content-type", "application/json; charset=utf-8")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let order: Value = response.json().await.unwrap();
-    let cancel = app
-        .client
-        .post(app.url(&format!("/orders/{}/cancel", order["id"].as_str().unwrap())))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(cancel.status(), StatusCode::OK);
-    let cancel = app
-        .client
-        .post(app.url(&format!("/orders/{}/cancel", order["id"].as_str().unwrap())))
-        .header("content-type", "text/plain")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(cancel.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        .body(body);
+    let order = expect_status(app.send(request).await.answer(), StatusCode::CREATED);
+    let cancel = format!("/orders/{}/cancel", id_of(&order));
+    let answer = app.send(app.request(Method::POST, &cancel)).await.answer();
+    expect_status(answer, StatusCode::OK);
+    let request = app
+        .request(Method::POST, &cancel)
+        .header("content-type", "text/plain");
+    let answer = app.send(request).await.answer();
+    expect_error(
+        answer,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    );
 }
 
 #[tokio::test]
 async fn guessing_the_admin_token_is_throttled_per_client_with_429() {
     let app = TestApp::spawn_with(|c| c.admin_auth_failures_per_minute = 5).await;
-    let url = app.url("/admin/failed-messages");
+    let list = |token: &str| {
+        let request = app.request(Method::GET, "/admin/failed-messages");
+        app.send(request.bearer_auth(token))
+    };
     for guess in 0..5 {
-        let response = app
-            .client
-            .get(&url)
-            .bearer_auth(format!("guess-{guess}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        let answer = list(&format!("guess-{guess}")).await.answer();
+        expect_error(answer, StatusCode::UNAUTHORIZED, "unauthorized");
     }
+    // Even the right token waits out the window, or guessing would go on.
     for token in ["guess-6", "test-admin-token"] {
-        let response = app
-            .client
-            .get(&url)
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            response.status(),
-            StatusCode::TOO_MANY_REQUESTS,
-            "even the right token waits out the window, or guessing would go on"
-        );
-        let error: Value = response.json().await.unwrap();
-        assert_eq!(error["error"]["code"], "too_many_requests");
+        let answer = list(token).await.answer();
+        expect_error(answer, StatusCode::TOO_MANY_REQUESTS, "too_many_requests");
     }
     // The public API is not affected.
-    let (status, _) = app.post("/orders", json!(order_body())).await;
-    assert_eq!(status, StatusCode::CREATED);
+    expect_status(app.post("/orders", order_body()).await, StatusCode::CREATED);
 }
 
 /// The failed-message rows (listing view), once there are `count` of them.
 async fn failed_rows_once(app: &TestApp, count: usize) -> Vec<Value> {
     poll(WITHIN, || async {
-        let (status, page) = app
+        let answer = app
             .admin(Method::GET, "/admin/failed-messages?limit=200")
             .await;
-        assert_eq!(status, StatusCode::OK, "{page}");
+        let page = expect_status(answer, StatusCode::OK);
         let rows = page["items"].as_array().unwrap().clone();
         (rows.len() >= count).then_some(rows)
     })
@@ -368,13 +330,8 @@ async fn a_cc_routing_header_is_not_republished_by_a_requeue() {
     // The publisher's own copy reached the spy; that one is the publisher's doing.
     app.drain(&spy).await;
     let id = rows[0]["id"].as_str().unwrap();
-    let (status, _) = app
-        .admin(
-            Method::POST,
-            &format!("/admin/failed-messages/{id}/requeue"),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    let requeue = format!("/admin/failed-messages/{id}/requeue");
+    expect_status(app.admin(Method::POST, &requeue).await, StatusCode::OK);
     // Requeued, consumed and failed again: the service's publish is done.
     let rows = failed_rows_once(&app, 2).await;
     assert_eq!(
@@ -397,16 +354,8 @@ async fn a_huge_junk_message_is_stored_cut_and_listings_carry_only_a_preview() {
     )
     .await;
     let rows = failed_rows_once(&app, 1).await;
-    let listing = app
-        .client
-        .get(app.url("/admin/failed-messages"))
-        .bearer_auth("test-admin-token")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let request = app.request(Method::GET, "/admin/failed-messages");
+    let listing = app.send(request.bearer_auth("test-admin-token")).await.text;
     assert!(
         listing.len() < 4096,
         "a listing of one row weighs {} bytes",
@@ -416,21 +365,16 @@ async fn a_huge_junk_message_is_stored_cut_and_listings_carry_only_a_preview() {
     assert!(rows[0].get("body_hex").is_none());
     assert_eq!(rows[0]["body_size"], 300 * 1024);
     let id = rows[0]["id"].as_str().unwrap();
-    let (status, detail) = app
+    let answer = app
         .admin(Method::GET, &format!("/admin/failed-messages/{id}"))
         .await;
-    assert_eq!(status, StatusCode::OK);
+    let detail = expect_status(answer, StatusCode::OK);
     assert_eq!(detail["body"].as_str().unwrap().len(), 4096);
     assert_eq!(detail["body_size"], 300 * 1024);
     assert_eq!(detail["body_truncated"], true);
-    let (status, refused) = app
-        .admin(
-            Method::POST,
-            &format!("/admin/failed-messages/{id}/requeue"),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
-    assert_eq!(refused["error"]["code"], "body_truncated");
+    let requeue = format!("/admin/failed-messages/{id}/requeue");
+    let answer = app.admin(Method::POST, &requeue).await;
+    expect_error(answer, StatusCode::CONFLICT, "body_truncated");
 }
 
 #[tokio::test]
@@ -475,21 +419,25 @@ async fn bidi_overrides_and_zero_width_characters_are_refused_in_ids() {
     ] {
         let mut body = order_body();
         body[field] = json!(value);
-        let (status, error) = app.post("/orders", body).await;
-        assert_eq!(
-            status,
+        let answer = app.post("/orders", body).await;
+        let error = expect_error(
+            answer,
             StatusCode::UNPROCESSABLE_ENTITY,
-            "{value:?}: {error}"
+            "validation_failed",
         );
-        assert_eq!(error["error"]["field"], field);
+        assert_eq!(error["error"]["field"], field, "{value:?}");
     }
-    let (status, error) = app
+    let answer = app
         .post(
             "/waybills",
             json!({"origin": "Ham\u{2066}burg", "destination": "Lyon"}),
         )
         .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+    expect_error(
+        answer,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
 }
 
 #[tokio::test]
@@ -503,8 +451,7 @@ async fn scraping_metrics_in_a_loop_runs_no_query_over_the_outbox() {
         .unwrap();
     let started = tokio::time::Instant::now();
     for _ in 0..20 {
-        let response = app.client.get(app.url("/metrics")).send().await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
+        app.metrics_text().await;
     }
     let took = started.elapsed();
     tx.rollback().await.unwrap();
@@ -522,15 +469,9 @@ async fn idempotency_keys_and_resolved_failed_messages_do_not_pile_up_forever() 
         c.resolved_failed_message_retention = Duration::from_secs(2);
     })
     .await;
-    let response = app
-        .client
-        .post(app.url("/orders"))
-        .header("idempotency-key", "once")
-        .json(&order_body())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
+    let request = app.request(Method::POST, "/orders").json(&order_body());
+    let answer = app.send(request.header("idempotency-key", "once")).await;
+    expect_status(answer.answer(), StatusCode::CREATED);
     for (status, resolved) in [("discarded", "now()"), ("pending", "null")] {
         let sql = format!(
             "insert into failed_messages (id, queue, exchange, routing_key, headers, body, error,

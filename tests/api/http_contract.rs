@@ -1,24 +1,20 @@
 //! The HTTP contract (docs/architecture.md, openapi.yaml): statuses, error codes, validation, paging,
 //! idempotency. Bad input never changes anything and never yields a 500.
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, id_of, order_body};
+use crate::helpers::{TestApp, expect_error, expect_status, id_of, order_body};
 
 #[tokio::test]
 async fn create_returns_201_with_location_and_a_pending_order_expiring_after_the_timeout() {
     let app = TestApp::spawn().await;
-    let response = app
-        .client
-        .post(app.url("/orders"))
-        .json(&order_body())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let location = response.headers()["location"].to_str().unwrap().to_owned();
-    let order: Value = response.json().await.unwrap();
+    let created = app
+        .send(app.request(Method::POST, "/orders").json(&order_body()))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let location = created.headers["location"].to_str().unwrap().to_owned();
+    let order = created.body;
     assert_eq!(location, format!("/orders/{}", id_of(&order)));
     assert_eq!(order["status"], "pending");
     assert_eq!(order["amount_cents"], 2500);
@@ -27,8 +23,7 @@ async fn create_returns_201_with_location_and_a_pending_order_expiring_after_the
     let expires =
         chrono::DateTime::parse_from_rfc3339(order["expires_at"].as_str().unwrap()).unwrap();
     assert_eq!((expires - created).num_milliseconds(), 2000);
-    let (status, fetched) = app.get(&location).await;
-    assert_eq!(status, StatusCode::OK);
+    let fetched = expect_status(app.get(&location).await, StatusCode::OK);
     assert_eq!(fetched, order);
 }
 
@@ -82,9 +77,12 @@ async fn invalid_bodies_are_refused_with_the_field_and_store_nothing() {
         (json!([1, 2]), "body"),
     ];
     for (body, field) in cases {
-        let (status, error) = app.post("/orders", body.clone()).await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {error}");
-        assert_eq!(error["error"]["code"], "validation_failed", "{body}");
+        let answer = app.post("/orders", body.clone()).await;
+        let error = expect_error(
+            answer,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
         assert_eq!(error["error"]["field"], field, "{body}: {error}");
     }
     let rows: i64 = sqlx::query_scalar("select count(*) from orders")
@@ -101,98 +99,65 @@ async fn invalid_bodies_are_refused_with_the_field_and_store_nothing() {
 #[tokio::test]
 async fn malformed_json_is_400_and_oversized_bodies_413() {
     let app = TestApp::spawn().await;
+    let post_raw = |raw: String| {
+        app.send(
+            app.request(Method::POST, "/orders")
+                .header("content-type", "application/json")
+                .body(raw),
+        )
+    };
     for raw in ["{", "not json", "{\"customer_id\": }", "\u{0}"] {
-        let response = app
-            .client
-            .post(app.url("/orders"))
-            .header("content-type", "application/json")
-            .body(raw)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{raw:?}");
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(body["error"]["code"], "invalid_json");
+        let answer = post_raw(raw.to_owned()).await.answer();
+        expect_error(answer, StatusCode::BAD_REQUEST, "invalid_json");
     }
     let huge = format!("{{\"customer_id\": \"{}\"}}", "x".repeat(70 * 1024));
-    let response = app
-        .client
-        .post(app.url("/orders"))
-        .header("content-type", "application/json")
-        .body(huge)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "payload_too_large");
+    let answer = post_raw(huge).await.answer();
+    expect_error(answer, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
 }
 
 #[tokio::test]
 async fn ids_routes_and_methods_give_json_errors() {
     let app = TestApp::spawn().await;
-    let (status, body) = app.get("/orders/not-a-uuid").await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("invalid_id"))
-    );
-    let (status, body) = app.get(&format!("/orders/{}", uuid::Uuid::now_v7())).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (StatusCode::NOT_FOUND, Some("not_found"))
-    );
-    let (status, body) = app
-        .post(&format!("/orders/{}/pay", uuid::Uuid::now_v7()), json!({}))
-        .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (StatusCode::NOT_FOUND, Some("not_found"))
-    );
-    let (status, body) = app.get("/no/such/route").await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (StatusCode::NOT_FOUND, Some("not_found"))
-    );
-    let response = app.client.delete(app.url("/orders")).send().await.unwrap();
-    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "method_not_allowed");
+    let unknown = uuid::Uuid::now_v7();
+    let answer = app.get("/orders/not-a-uuid").await;
+    expect_error(answer, StatusCode::BAD_REQUEST, "invalid_id");
+    let answer = app.get(&format!("/orders/{unknown}")).await;
+    expect_error(answer, StatusCode::NOT_FOUND, "not_found");
+    let answer = app.pay(&unknown.to_string()).await;
+    expect_error(answer, StatusCode::NOT_FOUND, "not_found");
+    let answer = app.get("/no/such/route").await;
+    expect_error(answer, StatusCode::NOT_FOUND, "not_found");
+    let answer = app
+        .send(app.request(Method::DELETE, "/orders"))
+        .await
+        .answer();
+    expect_error(answer, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
 }
 
 #[tokio::test]
 async fn the_same_idempotency_key_replays_and_a_reused_key_is_refused() {
     let app = TestApp::spawn().await;
     let post = |body: Value| {
-        app.client
-            .post(app.url("/orders"))
-            .header("Idempotency-Key", "key-1")
-            .json(&body)
-            .send()
+        let request = app.request(Method::POST, "/orders").json(&body);
+        app.send(request.header("Idempotency-Key", "key-1"))
     };
-    let first = post(order_body()).await.unwrap();
-    assert_eq!(first.status(), StatusCode::CREATED);
-    let first: Value = first.json().await.unwrap();
-    let replay = post(order_body()).await.unwrap();
-    assert_eq!(replay.status(), StatusCode::OK);
-    assert_eq!(replay.json::<Value>().await.unwrap(), first);
+    let first = expect_status(post(order_body()).await.answer(), StatusCode::CREATED);
+    let replay = expect_status(post(order_body()).await.answer(), StatusCode::OK);
+    assert_eq!(replay, first);
     // The same document with other whitespace and key order is the same request.
     let reordered = app
-        .client
-        .post(app.url("/orders"))
+        .request(Method::POST, "/orders")
         .header("Idempotency-Key", "key-1")
         .header("content-type", "application/json")
-        .body(r#"{ "currency": "EUR",  "amount_cents": 2500, "customer_id": "cust-1" }"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(reordered.status(), StatusCode::OK);
+        .body(r#"{ "currency": "EUR",  "amount_cents": 2500, "customer_id": "cust-1" }"#);
+    expect_status(app.send(reordered).await.answer(), StatusCode::OK);
     let mut other = order_body();
     other["amount_cents"] = json!(9999);
-    let reused = post(other).await.unwrap();
-    assert_eq!(reused.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(
-        reused.json::<Value>().await.unwrap()["error"]["code"],
-        "idempotency_key_reused"
+    let reused = post(other).await.answer();
+    expect_error(
+        reused,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
     );
     assert_eq!(app.count_orders("pending").await, 1);
 }
@@ -201,18 +166,18 @@ async fn the_same_idempotency_key_replays_and_a_reused_key_is_refused() {
 async fn concurrent_creates_with_one_key_make_one_order() {
     let app = TestApp::spawn().await;
     let requests = (0..8).map(|_| {
-        app.client
-            .post(app.url("/orders"))
-            .header("Idempotency-Key", "same")
-            .json(&order_body())
-            .send()
+        let request = app.request(Method::POST, "/orders").json(&order_body());
+        app.send(request.header("Idempotency-Key", "same"))
     });
-    let responses = futures_util::future::join_all(requests).await;
+    let replies = futures_util::future::join_all(requests).await;
     let mut ids = Vec::new();
-    for response in responses {
-        let response = response.unwrap();
-        assert!(response.status() == StatusCode::CREATED || response.status() == StatusCode::OK);
-        ids.push(id_of(&response.json::<Value>().await.unwrap()));
+    for reply in replies {
+        assert!(
+            reply.status == StatusCode::CREATED || reply.status == StatusCode::OK,
+            "{}",
+            reply.text
+        );
+        ids.push(id_of(&reply.body));
     }
     ids.dedup();
     assert_eq!(ids.len(), 1);
@@ -230,8 +195,7 @@ async fn listing_pages_newest_first_with_filters() {
         created.push(id_of(&order));
     }
     app.pay(&created[4]).await;
-    let (status, page) = app.get("/orders?limit=2").await;
-    assert_eq!(status, StatusCode::OK);
+    let page = expect_status(app.get("/orders?limit=2").await, StatusCode::OK);
     let ids: Vec<String> = page["items"]
         .as_array()
         .unwrap()
@@ -272,9 +236,12 @@ async fn listing_pages_newest_first_with_filters() {
         "/orders?colour=red",
         "/orders?customer_id=a%00b",
     ] {
-        let (status, body) = app.get(bad).await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
-        assert_eq!(body["error"]["code"], "validation_failed");
+        let answer = app.get(bad).await;
+        expect_error(
+            answer,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
     }
 }
 
@@ -282,15 +249,14 @@ async fn listing_pages_newest_first_with_filters() {
 async fn pay_is_idempotent_and_cancel_of_a_paid_order_is_refused() {
     let app = TestApp::spawn().await;
     let id = id_of(&app.create_order().await);
-    let (status, paid) = app.pay(&id).await;
-    assert_eq!(status, StatusCode::OK);
+    let paid = expect_status(app.pay(&id).await, StatusCode::OK);
     assert_eq!(paid["status"], "paid");
-    let (status, again) = app.pay(&id).await;
-    assert_eq!((status, &again), (StatusCode::OK, &paid));
-    let (status, body) = app.post(&format!("/orders/{id}/cancel"), json!({})).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (StatusCode::CONFLICT, Some("order_paid"))
+    let again = expect_status(app.pay(&id).await, StatusCode::OK);
+    assert_eq!(again, paid);
+    expect_error(
+        app.cancel_order(&id).await,
+        StatusCode::CONFLICT,
+        "order_paid",
     );
 }
 
@@ -298,108 +264,57 @@ async fn pay_is_idempotent_and_cancel_of_a_paid_order_is_refused() {
 async fn customer_cancel_then_pay_is_refused() {
     let app = TestApp::spawn().await;
     let id = id_of(&app.create_order().await);
-    let (status, cancelled) = app.post(&format!("/orders/{id}/cancel"), json!({})).await;
-    assert_eq!(status, StatusCode::OK);
+    let cancelled = expect_status(app.cancel_order(&id).await, StatusCode::OK);
     assert_eq!(cancelled["cancel_reason"], "customer_request");
-    let (status, again) = app.post(&format!("/orders/{id}/cancel"), json!({})).await;
-    assert_eq!((status, again), (StatusCode::OK, cancelled));
-    let (status, body) = app.pay(&id).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (StatusCode::CONFLICT, Some("order_cancelled"))
-    );
+    let again = expect_status(app.cancel_order(&id).await, StatusCode::OK);
+    assert_eq!(again, cancelled);
+    expect_error(app.pay(&id).await, StatusCode::CONFLICT, "order_cancelled");
 }
 
 #[tokio::test]
 async fn waybills_follow_the_same_pattern() {
     let app = TestApp::spawn().await;
     let id = id_of(&app.create_waybill().await);
-    let (status, body) = app.post(&format!("/waybills/{id}/accept"), json!({})).await;
-    assert_eq!(
-        (status, body["error"]["field"].as_str()),
-        (StatusCode::UNPROCESSABLE_ENTITY, Some("carrier_id"))
+    let answer = app.post(&format!("/waybills/{id}/accept"), json!({})).await;
+    let refused = expect_error(
+        answer,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
     );
-    let (status, accepted) = app
-        .post(
-            &format!("/waybills/{id}/accept"),
-            json!({"carrier_id": "dhl"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    assert_eq!(refused["error"]["field"], "carrier_id");
+    let accepted = expect_status(app.accept_waybill(&id, "dhl").await, StatusCode::OK);
     assert_eq!(
         (accepted["status"].as_str(), accepted["carrier_id"].as_str()),
         (Some("accepted"), Some("dhl"))
     );
-    let (status, _) = app
-        .post(
-            &format!("/waybills/{id}/accept"),
-            json!({"carrier_id": "dhl"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    let (status, body) = app
-        .post(
-            &format!("/waybills/{id}/accept"),
-            json!({"carrier_id": "ups"}),
-        )
-        .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (StatusCode::CONFLICT, Some("waybill_accepted"))
-    );
-    let (status, body) = app.post(&format!("/waybills/{id}/cancel"), json!({})).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (StatusCode::CONFLICT, Some("waybill_accepted"))
-    );
+    expect_status(app.accept_waybill(&id, "dhl").await, StatusCode::OK);
+    let answer = app.accept_waybill(&id, "ups").await;
+    expect_error(answer, StatusCode::CONFLICT, "waybill_accepted");
+    let answer = app.cancel_waybill(&id).await;
+    expect_error(answer, StatusCode::CONFLICT, "waybill_accepted");
     let other = id_of(&app.create_waybill().await);
-    let (status, cancelled) = app
-        .post(&format!("/waybills/{other}/cancel"), json!({}))
-        .await;
-    assert_eq!(
-        (status, cancelled["cancel_reason"].as_str()),
-        (StatusCode::OK, Some("shipper_request"))
+    let cancelled = expect_status(app.cancel_waybill(&other).await, StatusCode::OK);
+    assert_eq!(cancelled["cancel_reason"], "shipper_request");
+    let answer = app.accept_waybill(&other, "dhl").await;
+    expect_error(answer, StatusCode::CONFLICT, "waybill_cancelled");
+    let body = json!({"origin": "A", "destination": "B", "order_id": "nope"});
+    let answer = app.post("/waybills", body).await;
+    let refused = expect_error(
+        answer,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
     );
-    let (status, body) = app
-        .post(
-            &format!("/waybills/{other}/accept"),
-            json!({"carrier_id": "dhl"}),
-        )
-        .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (StatusCode::CONFLICT, Some("waybill_cancelled"))
-    );
-    let (status, body) = app
-        .post(
-            "/waybills",
-            json!({"origin": "A", "destination": "B", "order_id": "nope"}),
-        )
-        .await;
-    assert_eq!(
-        (status, body["error"]["field"].as_str()),
-        (StatusCode::UNPROCESSABLE_ENTITY, Some("order_id"))
-    );
+    assert_eq!(refused["error"]["field"], "order_id");
 }
 
 #[tokio::test]
 async fn health_readiness_metrics_and_spec_are_served() {
     let app = TestApp::spawn().await;
     app.create_order().await;
-    let (status, _) = app.get("/healthz").await;
-    assert_eq!(status, StatusCode::OK);
-    let (status, ready) = app.get("/readyz").await;
-    assert_eq!(status, StatusCode::OK);
+    expect_status(app.get("/healthz").await, StatusCode::OK);
+    let ready = expect_status(app.get("/readyz").await, StatusCode::OK);
     assert_eq!(ready["checks"], json!({"database": "up", "broker": "up"}));
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains("order_timeout_entities_total"),
         "{metrics}"
@@ -408,17 +323,10 @@ async fn health_readiness_metrics_and_spec_are_served() {
         metrics.contains("order_timeout_outbox_backlog"),
         "{metrics}"
     );
-    let spec = app
-        .client
-        .get(app.url("/openapi.yaml"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let spec = app.send(app.request(Method::GET, "/openapi.yaml")).await;
+    assert_eq!(spec.status, StatusCode::OK);
     assert_eq!(
-        spec,
+        spec.text,
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap()
     );
 }

@@ -80,15 +80,7 @@ async fn the_metrics_page_passes_promtool_and_has_every_metric_the_rules_watch()
     app.create_order().await;
     // The order's timer cancels it after ORDER_TIMEOUT (2 s): its lateness is recorded.
     let page = poll(WITHIN, || async {
-        let page = app
-            .client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let page = app.metrics_text().await;
         (page.contains("order_timeout_cancel_lateness_seconds_bucket")
             && page.contains("order_timeout_parking_queue_messages"))
         .then_some(page)

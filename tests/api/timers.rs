@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, eventually, id_of, poll};
+use crate::helpers::{TestApp, eventually, expect_error, expect_status, id_of, poll};
 
 const WITHIN: Duration = Duration::from_secs(10);
 
@@ -48,13 +48,7 @@ async fn a_waybill_is_cancelled_and_an_accepted_one_kept() {
     let app = TestApp::spawn().await;
     let waiting = id_of(&app.create_waybill().await);
     let accepted = id_of(&app.create_waybill().await);
-    let (status, _) = app
-        .post(
-            &format!("/waybills/{accepted}/accept"),
-            json!({"carrier_id": "c9"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    expect_status(app.accept_waybill(&accepted, "c9").await, StatusCode::OK);
     let cancelled = eventually(WITHIN, || async {
         app.get(&format!("/waybills/{waiting}")).await.1["status"] == "cancelled"
     })
@@ -65,15 +59,10 @@ async fn a_waybill_is_cancelled_and_an_accepted_one_kept() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, kept) = app.get(&format!("/waybills/{accepted}")).await;
     assert_eq!(kept["status"], "accepted");
-    let (status, body) = app
-        .post(
-            &format!("/waybills/{waiting}/accept"),
-            json!({"carrier_id": "late"}),
-        )
-        .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (StatusCode::CONFLICT, Some("waybill_cancelled"))
+    expect_error(
+        app.accept_waybill(&waiting, "late").await,
+        StatusCode::CONFLICT,
+        "waybill_cancelled",
     );
 }
 
@@ -255,11 +244,7 @@ async fn every_state_change_is_published_as_an_event_with_the_entity() {
     let expiring = id_of(&app.create_order().await);
     let (_, paid_order) = app.pay(&paid).await;
     let waybill = id_of(&app.create_waybill().await);
-    app.post(
-        &format!("/waybills/{waybill}/accept"),
-        json!({"carrier_id": "c"}),
-    )
-    .await;
+    app.accept_waybill(&waybill, "c").await;
     app.wait_for_order_status(&expiring, "cancelled", WITHIN)
         .await;
     let mut seen = Vec::new();
@@ -302,8 +287,7 @@ async fn an_order_created_while_the_broker_is_unreachable_is_still_cancelled() {
     let mut app =
         TestApp::spawn_with(|c| c.amqp_url = "amqp://guest:guest@127.0.0.1:1/%2f".into()).await;
     let id = id_of(&app.create_order().await);
-    let (status, ready) = app.get("/readyz").await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let ready = expect_status(app.get("/readyz").await, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(ready["checks"]["broker"], "down");
     assert!(
         ready["error"]["message"]
@@ -313,11 +297,7 @@ async fn an_order_created_while_the_broker_is_unreachable_is_still_cancelled() {
     );
     // Its deadline passes while no timer can fire: paying is refused all the same.
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let (status, body) = app.pay(&id).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (StatusCode::CONFLICT, Some("order_expired"))
-    );
+    expect_error(app.pay(&id).await, StatusCode::CONFLICT, "order_expired");
     assert_eq!(app.order_status(&id).await, "pending");
     app.instance.stop().await.unwrap();
     // The same database with the real broker: the outbox delivers the timer, late.
