@@ -48,10 +48,7 @@ impl Watermark {
     /// The node's current setting, as `vm_memory_monitor` reports it (`0.4` or
     /// `{absolute,1073741824}`).
     fn current() -> Self {
-        let output = rabbitmqctl(&[
-            "eval",
-            "vm_memory_monitor:get_vm_memory_high_watermark().",
-        ]);
+        let output = rabbitmqctl(&["eval", "vm_memory_monitor:get_vm_memory_high_watermark()."]);
         let text = output.as_deref().unwrap_or_default().trim();
         if let Some(bytes) = text
             .strip_prefix("{absolute,")
@@ -96,7 +93,10 @@ impl MemoryAlarm {
         let guard = MemoryAlarm {
             previous: Watermark::current(),
         };
-        println!("memory high watermark before the test: {:?}", guard.previous);
+        println!(
+            "memory high watermark before the test: {:?}",
+            guard.previous
+        );
         Watermark::Relative(ALARMING_WATERMARK.to_owned()).set();
         guard
     }
@@ -110,7 +110,10 @@ impl Drop for MemoryAlarm {
             std::thread::sleep(Duration::from_millis(500));
         }
         if memory_alarm_raised() {
-            eprintln!("the memory alarm is still raised after restoring {:?}", self.previous);
+            eprintln!(
+                "the memory alarm is still raised after restoring {:?}",
+                self.previous
+            );
         }
     }
 }
@@ -245,7 +248,11 @@ async fn a_memory_alarm_blocks_publishing_but_not_the_due_consumer_and_loses_not
          orders pending, {outbox} outbox rows; due queue (ready, unacked) {due:?}"
     );
     assert!(still_raised, "the alarm cleared before the test ended it");
-    assert!(health.is_empty(), "during the alarm: {:?}", &health[..health.len().min(5)]);
+    assert!(
+        health.is_empty(),
+        "during the alarm: {:?}",
+        &health[..health.len().min(5)]
+    );
     assert!(
         overdue_pending > 0 && outbox > 0,
         "publishing was not blocked: {overdue_pending} overdue orders pending, {outbox} outbox rows"

@@ -82,8 +82,7 @@ fn assert_each_entity_in_order(messages: &[(String, Value)]) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_instances_relaying_side_by_side_under_load_lose_nothing_and_keep_each_entitys_order()
-{
+async fn two_instances_relaying_side_by_side_under_load_lose_nothing_and_keep_each_entitys_order() {
     init_logs();
     let app = TestApp::spawn().await;
     let events = app.observe_events().await;
@@ -164,7 +163,11 @@ async fn a_relay_killed_between_the_confirm_and_the_delete_leaves_its_rows_to_th
         lease(&app).await.is_some_and(|(_, live)| live)
     })
     .await;
-    assert!(held, "the binary never took the lease: {}", killed.log_tail());
+    assert!(
+        held,
+        "the binary never took the lease: {}",
+        killed.log_tail()
+    );
     let (first_holder, _) = lease(&app).await.expect("lease");
     let survivor = app.spawn_instance(|_| {}).await;
     wait_ready_at(&app, &survivor.address, Duration::from_secs(15)).await;
