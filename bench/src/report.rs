@@ -101,29 +101,34 @@ impl Report {
         }
         if let Some(l) = &self.lateness {
             self.goals.push(Goal {
-                goal: "lateness p99 <= 50 ms at 1000 orders/s for 60 s",
+                goal: "lateness p99 <= 10 ms at 1000 orders/s for 60 s",
                 measured: format!(
                     "p99 {:.1} ms at {:.0}/s for {:.0} s, {} not cancelled",
                     l.lateness.p99_ms, l.achieved_rate, l.create.seconds, l.not_cancelled
                 ),
-                met: l.lateness.p99_ms <= 50.0 && l.not_cancelled == 0,
+                met: l.lateness.p99_ms <= 10.0 && l.not_cancelled == 0,
                 at_goal_size: l.target_rate >= 1000.0 && l.orders >= 60_000,
             });
         }
         if let Some(b) = &self.burst {
             self.goals.push(Goal {
-                goal: "100,000 deadlines in one second all cancelled within 10 s",
+                goal: "100,000 deadlines in one second all cancelled within 1.5x RabbitMQ alone",
                 measured: format!(
-                    "{} cancelled {:.2} s after the second began, {} not cancelled",
-                    b.cancelled, b.all_cancelled_after_s, b.not_cancelled
+                    "{} cancelled {:.2} s after the second began vs {:.2} s for RabbitMQ alone: {:.2}x; {} not cancelled",
+                    b.cancelled,
+                    b.all_cancelled_after_s,
+                    b.broker_only.all_delivered_after_s,
+                    b.all_cancelled_after_s / b.broker_only.all_delivered_after_s.max(1e-9),
+                    b.not_cancelled
                 ),
-                met: b.all_cancelled_after_s <= 10.0 && b.not_cancelled == 0,
+                met: b.all_cancelled_after_s <= 1.5 * b.broker_only.all_delivered_after_s
+                    && b.not_cancelled == 0,
                 at_goal_size: b.orders >= 100_000,
             });
         }
         if let Some(p) = &self.pending {
             self.goals.push(Goal {
-                goal: "1,000,000 pending orders within 100 MB of idle memory",
+                goal: "1,000,000 pending orders within 50 MB of idle memory",
                 measured: match (p.idle, p.loaded) {
                     (Some(idle), Some(loaded)) => format!(
                         "{:.1} -> {:.1} MiB RSS (+{:.1}), peak {:.1} MiB",
@@ -136,7 +141,7 @@ impl Report {
                 },
                 met: p
                     .growth_mib
-                    .is_some_and(|growth| growth * 1.048_576 <= 100.0),
+                    .is_some_and(|growth| growth * 1.048_576 <= 50.0),
                 at_goal_size: p.orders >= 1_000_000,
             });
         }
