@@ -7,6 +7,7 @@ mod proxy;
 mod alerts;
 mod broker_nodes;
 mod broker_publish;
+mod cache_queues;
 mod chaos;
 mod console;
 mod deadlines;
