@@ -45,3 +45,20 @@ ensure_services() {
     ensure_postgres
     ensure_rabbitmq
 }
+
+# Kills what is left of the cluster test's nodes (tests/cluster/harness.rs) and removes
+# their directory; nothing when they are gone already. The harness does this itself on
+# drop; this is for a test process killed before it could.
+remove_test_cluster() {
+    local pid_file
+    for pid_file in /tmp/ot-cluster/*/node.pid; do
+        [[ -f $pid_file ]] || continue
+        local pid
+        pid=$(cat "$pid_file")
+        # Only a VM of one of these nodes (a stale pid file may name another process).
+        if tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -q '^RABBITMQ_NODENAME=ot-c'; then
+            kill -9 "$pid" 2>/dev/null || true
+        fi
+    done
+    rm -rf /tmp/ot-cluster
+}

@@ -150,6 +150,20 @@ impl Node {
         assert!(status.success(), "kill -9 {pid} ({}) failed", self.name);
     }
 
+    /// Messages each quorum queue of `prefix` holds for at-least-once dead-lettering
+    /// (expired, not yet confirmed by the target): `list_queues` does not show them.
+    pub fn dead_letter_backlog(&self, prefix: &str) -> String {
+        let expression = format!(
+            "[{{element(4, amqqueue:get_name(Q)), rabbit_quorum_queue:info(Q, [messages_dlx, messages])}} || Q <- rabbit_amqqueue:list(<<\"/\">>), binary:match(element(4, amqqueue:get_name(Q)), <<\"{prefix}\">>) =/= nomatch]."
+        );
+        let output = self.run("rabbitmqctl", &["-n", &self.name, "eval", &expression]);
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    }
+
     /// Stops the node whatever its state and removes its directory; quiet on failure.
     fn remove(&self) {
         let mut stop = vec!["-n", self.name.as_str(), "stop", "--timeout", "30"];
@@ -269,10 +283,48 @@ impl Cluster {
                     .lines()
                     .filter(|line| line.starts_with(prefix))
                     .collect();
-                return format!("{items:?} asked of {}:\n{}", node.name, ours.join("\n"));
+                return format!(
+                    "{items:?} asked of {}:\n{}\nat-least-once dead-letter backlog (messages_dlx):\n{}\nnode logs:\n{}",
+                    node.name,
+                    ours.join("\n"),
+                    node.dead_letter_backlog(prefix),
+                    self.log_excerpts()
+                );
             }
         }
         "no node answered list_queues".to_owned()
+    }
+
+    /// The last log lines of every node that speak of dead-lettering, crashes or errors.
+    pub fn log_excerpts(&self) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            let Ok(entries) = std::fs::read_dir(node.dir.join("log")) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let Ok(text) = std::fs::read_to_string(entry.path()) else {
+                    continue;
+                };
+                let lines: Vec<&str> = text
+                    .lines()
+                    .filter(|l| {
+                        let l = l.to_lowercase();
+                        ["dlx", "dead_letter", "crash", "[error]"]
+                            .iter()
+                            .any(|word| l.contains(word))
+                    })
+                    .collect();
+                let tail = &lines[lines.len().saturating_sub(20)..];
+                out.push_str(&format!(
+                    "== {} ({} lines)\n{}\n",
+                    entry.path().display(),
+                    lines.len(),
+                    tail.join("\n")
+                ));
+            }
+        }
+        out
     }
 }
 
