@@ -18,5 +18,6 @@ mod http_contract;
 mod openapi;
 mod outbox_relay;
 mod prometheus;
+mod quorum;
 mod reminders;
 mod timers;

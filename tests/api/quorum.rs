@@ -1,0 +1,144 @@
+//! Quorum-queue semantics the service relies on, on the machine's single broker (a quorum
+//! queue works on one node): a publish refused by `x-overflow=reject-publish` (the
+//! overflow the timer queues declare for at-least-once dead-lettering) is nacked, and the
+//! relay keeps its outbox row and publishes it once the queue has room again.
+
+use std::process::Command;
+use std::time::Duration;
+
+use order_timeout::broker::QueueType;
+use uuid::Uuid;
+
+use crate::helpers::{TestApp, eventually};
+
+/// A RabbitMQ policy on the machine's broker, matching only one test's queues; cleared
+/// on drop, a failing test included.
+struct Policy {
+    name: String,
+}
+
+impl Policy {
+    /// `rabbitmqctl set_policy --apply-to queues name pattern definition`.
+    fn set(name: &str, pattern: &str, definition: &str) -> Self {
+        let status = Command::new("rabbitmqctl")
+            .args([
+                "set_policy",
+                "--apply-to",
+                "queues",
+                name,
+                pattern,
+                definition,
+            ])
+            .output()
+            .expect("rabbitmqctl runs");
+        assert!(
+            status.status.success(),
+            "set_policy {name} failed: {}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        Self {
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl Drop for Policy {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["clear_policy", &self.name])
+            .output();
+    }
+}
+
+/// Outbox rows still holding something of `entity`.
+async fn outbox_rows_of(app: &TestApp, entity: &str) -> i64 {
+    let id: Uuid = entity.parse().expect("entity id");
+    sqlx::query_scalar("select count(*) from outbox where entity_id = $1")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .expect("outbox rows")
+}
+
+#[tokio::test]
+async fn a_timer_nacked_by_a_full_quorum_cache_queue_keeps_its_outbox_row_until_there_is_room() {
+    let mut policy = None;
+    let app = TestApp::spawn_with(|config| {
+        config.queue_type = QueueType::Quorum;
+        // Long enough that the queue stays full while the later timers are refused.
+        config.order_timeout = Duration::from_secs(10);
+        let prefix = regex_escape(&config.queue_prefix);
+        policy = Some(Policy::set(
+            &format!("{}.full", config.queue_prefix),
+            &format!("^{prefix}\\.cache\\.order\\."),
+            r#"{"max-length":1}"#,
+        ));
+    })
+    .await;
+    let cache = app.topology.cache_queue("order.10000");
+
+    // Two timers fill the queue past its limit of one: RabbitMQ accepts the one that
+    // crosses the limit, then tells publishers to stop.
+    let first = app.create_order().await;
+    let second = app.create_order().await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            app.queue_depth(&cache).await >= 2
+        })
+        .await,
+        "the first two timers never reached {cache}"
+    );
+
+    // These two are refused; the waybill after them (another queue) is published.
+    let refused = [app.create_order().await, app.create_order().await];
+    let waybill = app.create_waybill().await;
+    let waybill_id = waybill["id"].as_str().expect("waybill id").to_owned();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            outbox_rows_of(&app, &waybill_id).await == 0
+        })
+        .await,
+        "the waybill written after the refused orders was never published"
+    );
+    // The relay goes in id order, so it tried the refused rows before the waybill's:
+    // the broker's nack left them in the outbox.
+    for order in &refused {
+        let id = order["id"].as_str().expect("order id");
+        assert!(
+            outbox_rows_of(&app, id).await > 0,
+            "order {id}'s outbox row is gone although its queue was full"
+        );
+        assert_eq!(app.order_status(id).await, "pending");
+    }
+
+    // The first two expire and leave: room again, so the kept rows are published (by
+    // now late, straight to the due queue) and every order is cancelled by its timer
+    // (the sweeper is an hour away in the test settings).
+    let orders = [&first, &second, &refused[0], &refused[1]];
+    for order in orders {
+        let id = order["id"].as_str().expect("order id");
+        app.wait_for_order_status(id, "cancelled", Duration::from_secs(40))
+            .await;
+    }
+    let drained = eventually(Duration::from_secs(10), || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from outbox")
+            .fetch_one(&app.pool)
+            .await
+            .expect("outbox")
+            == 0
+    })
+    .await;
+    assert!(drained, "the outbox never drained");
+    let failed: i64 = sqlx::query_scalar("select count(*) from failed_messages")
+        .fetch_one(&app.pool)
+        .await
+        .expect("failed messages");
+    assert_eq!(failed, 0, "nothing may end in failed_messages");
+    drop(policy);
+}
+
+/// `s` with the characters a RabbitMQ policy pattern (a regular expression) treats
+/// specially escaped; a test prefix holds letters, digits, `_` and `.`.
+fn regex_escape(s: &str) -> String {
+    s.replace('.', "\\.")
+}
