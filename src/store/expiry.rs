@@ -154,12 +154,20 @@ async fn sweep_overdue_of<T: Entity>(
     grace: Duration,
     limit: i64,
 ) -> Result<Swept, StoreError> {
+    // The batch is picked once, as an array (an InitPlan), then updated through the
+    // primary key. Joined as a subquery in `UPDATE … FROM`, the pick is hashed against
+    // a sequential scan of the whole table (every pending and settled row, per batch),
+    // and PostgreSQL may run a LIMIT … SKIP LOCKED subquery of an `UPDATE … FROM` again
+    // (a recheck after a concurrent update), picking rows beyond the batch.
     let update = format!(
-        "update {table} t set status = 'cancelled', cancelled_at = now(), cancel_reason = $2
-         from (select id from {table}
-               where status = 'pending' and expires_at < now() - $1::bigint * interval '1 millisecond'
-               order by expires_at limit $3 for update skip locked) overdue
-         where t.id = overdue.id returning t.*",
+        "update {table} set status = 'cancelled', cancelled_at = now(), cancel_reason = $2
+         where id = any(array(
+                   select id from {table}
+                   where status = 'pending'
+                     and expires_at < now() - $1::bigint * interval '1 millisecond'
+                   order by expires_at limit $3 for update skip locked))
+           and status = 'pending'
+         returning *",
         table = T::TABLE
     );
     let sql = outbox::with_outbox(T::KIND, &update, T::KIND.cancelled_event(), None, LATENESS);
@@ -177,4 +185,80 @@ async fn sweep_overdue_of<T: Entity>(
         max_lateness_ms: rows.iter().map(|(_, ms)| *ms).max().unwrap_or(0),
         ids: rows.into_iter().map(|(id, _)| id).collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The sweep's batch: its limit and its order, alone and beside another sweeper.
+    //! Needs the local PostgreSQL; uses a scratch database.
+
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    use sqlx::PgPool;
+    use uuid::Uuid;
+
+    use super::sweep_overdue;
+    use crate::domain::EntityKind;
+    use crate::store::testdb::{drop_scratch, scratch};
+
+    /// `count` pending orders, the first the most overdue (one second apart); their ids
+    /// in that order.
+    async fn overdue_orders(pool: &PgPool, count: i64) -> Vec<Uuid> {
+        sqlx::query_scalar(
+            "insert into orders (id, customer_id, amount_cents, currency, expires_at)
+             select gen_random_uuid(), 'c-1', 100, 'EUR', now() - (1000 - n) * interval '1 second'
+             from generate_series(1, $1) n
+             returning id",
+        )
+        .bind(count)
+        .fetch_all(pool)
+        .await
+        .expect("overdue orders")
+    }
+
+    #[tokio::test]
+    async fn a_sweep_batch_cancels_exactly_its_limit_most_overdue_first() {
+        let (pool, name) = scratch().await;
+        let ids = overdue_orders(&pool, 25).await;
+        let grace = Duration::from_millis(1);
+        for batch in ids.chunks(10) {
+            let swept = sweep_overdue(&pool, EntityKind::Order, grace, 10)
+                .await
+                .expect("sweep");
+            let swept: HashSet<Uuid> = swept.ids.into_iter().collect();
+            assert_eq!(swept, batch.iter().copied().collect());
+        }
+        let left = sweep_overdue(&pool, EntityKind::Order, grace, 10)
+            .await
+            .expect("sweep");
+        assert!(left.ids.is_empty(), "{left:?}");
+        drop_scratch(pool, &name).await;
+    }
+
+    #[tokio::test]
+    async fn two_sweepers_side_by_side_take_disjoint_batches_within_their_limit() {
+        let (pool, name) = scratch().await;
+        let ids = overdue_orders(&pool, 300).await;
+        let grace = Duration::from_millis(1);
+        let mut seen = HashSet::new();
+        loop {
+            let (first, second) = tokio::join!(
+                sweep_overdue(&pool, EntityKind::Order, grace, 40),
+                sweep_overdue(&pool, EntityKind::Order, grace, 40),
+            );
+            let (first, second) = (first.expect("sweep"), second.expect("sweep"));
+            if first.ids.is_empty() && second.ids.is_empty() {
+                break;
+            }
+            for swept in [first.ids, second.ids] {
+                assert!(swept.len() <= 40, "a batch of {} rows", swept.len());
+                for id in swept {
+                    assert!(seen.insert(id), "{id} cancelled twice");
+                }
+            }
+        }
+        assert_eq!(seen, ids.into_iter().collect());
+        drop_scratch(pool, &name).await;
+    }
 }
