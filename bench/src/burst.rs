@@ -20,7 +20,7 @@ use super::Sizes;
 use super::broker::{self, BrokerBaseline};
 use super::env::{BenchEnv, LONG_TIMEOUT};
 use super::lateness::histogram_of;
-use super::load::{self, Api, Counters, Latency};
+use super::load::{self, Counters, Latency};
 
 /// Rows per insert statement (and transaction).
 const CHUNK: usize = 10_000;
@@ -70,8 +70,8 @@ pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<BurstReport> {
     )
     .await?;
     let service = env.start(LONG_TIMEOUT).await?;
-    let api = Api::new(&service.url);
-    let before = api.counters().await;
+    let api = load::api(&service.url);
+    let before = Counters::read(&api).await;
     let tag = env.tag("burst");
     let bucket = format!("order.{}", lead_s * 1000 + 1);
     env.remember_bucket(&bucket);
@@ -98,7 +98,7 @@ pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<BurstReport> {
         .await?;
     bar.finish();
     let timing = Timing::read(env, &tag, second).await?;
-    let counters = api.counters().await.since(&before);
+    let counters = Counters::read(&api).await.since(&before);
     service.stop().await?;
     Ok(BurstReport {
         orders: sizes.burst,

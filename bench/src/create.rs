@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::Sizes;
 use super::env::{BenchEnv, LONG_TIMEOUT};
-use super::load::{self, Api, Counters, Stop, Throughput};
+use super::load::{self, Counters, Stop, Throughput};
 
 /// Load before the measured window, so connections and caches are warm.
 const WARMUP: Duration = Duration::from_secs(1);
@@ -47,18 +47,18 @@ pub struct CreateReport {
 /// Runs the baseline, then the API load, on a service whose orders outlive the phase.
 pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<CreateReport> {
     let service = env.start(LONG_TIMEOUT).await?;
-    let api = Api::new(&service.url);
+    let api = load::api(&service.url);
     let stop = Stop::Measure {
         warmup: WARMUP,
         measure: Duration::from_secs(sizes.create_seconds),
     };
-    let (raw_insert, pgbench_tps) = raw_insert(env, sizes, stop).await?;
-    let before = api.counters().await;
+    let (raw_insert, pgbench_tps) = raw_insert(env, sizes, stop.clone()).await?;
+    let before = Counters::read(&api).await;
     let tag: Arc<str> = env.tag("create").into();
     let bar = load::timed_bar(
         "create",
         &format!("POST /orders, {} clients", sizes.concurrency),
-        stop,
+        &stop,
     );
     let client = api.clone();
     let api_load = load::closed_loop(sizes.concurrency, stop, &bar, move |_| {
@@ -71,7 +71,7 @@ pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<CreateReport> 
         .fetch_one(&env.pool)
         .await
         .ok();
-    let counters = api.counters().await.since(&before);
+    let counters = Counters::read(&api).await.since(&before);
     service.stop().await?;
     Ok(CreateReport {
         concurrency: sizes.concurrency,
@@ -109,7 +109,7 @@ async fn raw_insert(
             "single-row INSERT transactions, {} clients, pool {}",
             sizes.concurrency, sizes.pool_size
         ),
-        stop,
+        &stop,
     );
     let inserting = pool.clone();
     let throughput = load::closed_loop(sizes.concurrency, stop, &bar, move |_| {

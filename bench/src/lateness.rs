@@ -54,8 +54,8 @@ pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<LatenessReport
     }
     let timeout = Duration::from_millis(sizes.lateness_timeout_ms);
     let service = env.start(timeout).await?;
-    let api = Api::new(&service.url);
-    let before = api.counters().await;
+    let api = load::api(&service.url);
+    let before = Counters::read(&api).await;
     let tag = env.tag("lateness");
     let create = create_at_rate(&api, &tag, sizes.lateness_orders, sizes.rate).await;
     let bar = load::bar(
@@ -72,7 +72,7 @@ pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<LatenessReport
     .bind(&tag)
     .fetch_all(&env.pool)
     .await?;
-    let counters = api.counters().await.since(&before);
+    let counters = Counters::read(&api).await.since(&before);
     service.stop().await?;
     Ok(LatenessReport {
         orders: sizes.lateness_orders,

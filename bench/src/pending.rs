@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::Sizes;
 use super::env::{BenchEnv, LONG_TIMEOUT};
-use super::load::{self, Api, Stop, Throughput};
+use super::load::{self, Stop, Throughput};
 use super::service::Memory;
 
 /// Pause before a memory reading, so in-flight work settles.
@@ -40,7 +40,7 @@ pub struct PendingReport {
 /// Reads memory on a fresh service, fills it with pending orders, reads it again.
 pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<PendingReport> {
     let service = env.start(LONG_TIMEOUT).await?;
-    let api = Api::new(&service.url);
+    let api = load::api(&service.url);
     tokio::time::sleep(SETTLE).await;
     let idle = service.memory();
     let tag: Arc<str> = env.tag("pending").into();
@@ -51,7 +51,7 @@ pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<PendingReport>
             "creating {} pending orders, {} clients",
             sizes.pending, sizes.concurrency
         ),
-        stop,
+        &stop,
     );
     let client = api.clone();
     let fill = load::closed_loop(sizes.concurrency, stop, &bar, move |_| {
