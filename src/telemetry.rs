@@ -1,5 +1,6 @@
 //! Logs through `tracing` (text or JSON) and the process-wide Prometheus recorder.
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -13,7 +14,11 @@ pub fn init_logs(format: LogFormat) {
         let client = crate::broker::CLIENT_LOG_TARGET;
         EnvFilter::new(format!("info,sqlx=warn,{client}=warn"))
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only for a person at a terminal: escape codes in a log file or a log
+    // collector's stream are noise to every reader and every grep.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
