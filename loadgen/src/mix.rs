@@ -97,6 +97,17 @@ impl Stats {
         );
     }
 
+    /// Never answered badly, and only requests to `target` (an instance that was
+    /// stopped or killed) went without an answer.
+    pub fn assert_unanswered_only_by(&self, target: &str) {
+        self.assert_always_answered_well();
+        assert!(
+            self.transport_errors.keys().all(|t| t == target),
+            "requests without an answer: {:?}",
+            self.transport_errors
+        );
+    }
+
     /// Records the outcome of one request (`what` is "create" or "pay").
     fn note(
         &mut self,
