@@ -11,6 +11,7 @@ use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
 use super::Sizes;
+use super::cpu::{self, CpuPerOp, Targets, Tracker};
 use super::env::{BenchEnv, LONG_TIMEOUT};
 use super::load::{self, Counters, Stop, Throughput};
 
@@ -42,17 +43,43 @@ pub struct CreateReport {
     pub outbox_drained_after_s: Option<f64>,
     /// The service's counters over the phase.
     pub counters: Counters,
+    /// CPU per operation in each measured window (see [`cpu`]).
+    pub cpu: CreateCpu,
+}
+
+/// CPU time per operation of the create phase's three loads, by process group.
+#[derive(Debug, Clone, Serialize)]
+pub struct CreateCpu {
+    /// Per `POST /orders` in the API's measured window (the relay's publishing and
+    /// RabbitMQ's work for the creates happen in the same window).
+    pub api: CpuPerOp,
+    /// Per single-row INSERT through the bench's sqlx pool (client: the bench).
+    pub raw_insert: CpuPerOp,
+    /// Per pgbench transaction, over pgbench's whole run (client: su and pgbench);
+    /// `None` when pgbench could not run.
+    pub pgbench: Option<CpuPerOp>,
+}
+
+/// One pgbench run.
+struct Pgbench {
+    /// Transactions per second, without connection time.
+    tps: f64,
+    /// CPU per transaction.
+    cpu: CpuPerOp,
 }
 
 /// Runs the baseline, then the API load, on a service whose orders outlive the phase.
 pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<CreateReport> {
     let service = env.start(LONG_TIMEOUT).await?;
+    let targets = cpu::targets(service.pid(), env.amqp_url(), env.database_name());
     let api = load::api(&service.url);
     let stop = Stop::Measure {
         warmup: WARMUP,
         measure: Duration::from_secs(sizes.create_seconds),
     };
-    let (raw_insert, pgbench_tps) = raw_insert(env, sizes, stop.clone()).await?;
+    let (raw_insert, raw_insert_cpu, pgbench) =
+        raw_insert(env, sizes, stop.clone(), &targets).await?;
+    let pgbench_tps = pgbench.as_ref().map(|run| run.tps);
     let before = Counters::read(&api).await;
     let tag: Arc<str> = env.tag("create").into();
     let bar = load::timed_bar(
@@ -61,11 +88,13 @@ pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<CreateReport> 
         &stop,
     );
     let client = api.clone();
+    let window = measured_window(&targets, &stop);
     let api_load = load::closed_loop(sizes.concurrency, stop, &bar, move |_| {
         let (client, tag) = (client.clone(), tag.clone());
         async move { client.create_order(&tag).await.map(drop) }
     })
     .await;
+    let api_cpu = cpu::finish_window(window, api_load.ops).await;
     let drained = env.wait_outbox_drained(Duration::from_secs(120)).await?;
     let outbox_bytes_after = sqlx::query_scalar("select pg_total_relation_size('outbox')")
         .fetch_one(&env.pool)
@@ -84,7 +113,26 @@ pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<CreateReport> 
         raw_insert,
         outbox_drained_after_s: drained.map(|d| d.as_secs_f64()),
         counters,
+        cpu: CreateCpu {
+            api: api_cpu,
+            raw_insert: raw_insert_cpu,
+            pgbench: pgbench.map(|run| run.cpu),
+        },
     })
+}
+
+/// CPU tracking of a closed loop's measured window, the loop starting now.
+fn measured_window(targets: &Targets, stop: &Stop) -> tokio::task::JoinHandle<Option<Tracker>> {
+    let (warmup, measure) = match stop {
+        Stop::Measure { warmup, measure } => (*warmup, *measure),
+        // Only timed loads are profiled; the others get an empty window.
+        Stop::Count(_) | Stop::Until(_) => (Duration::ZERO, Duration::ZERO),
+    };
+    cpu::track_window(
+        targets.clone(),
+        tokio::time::Instant::now() + warmup,
+        measure,
+    )
 }
 
 /// The baseline: what PostgreSQL does with the same concurrency and pool, no service.
@@ -92,7 +140,8 @@ async fn raw_insert(
     env: &BenchEnv,
     sizes: &Sizes,
     stop: Stop,
-) -> anyhow::Result<(Throughput, Option<f64>)> {
+    targets: &Targets,
+) -> anyhow::Result<(Throughput, CpuPerOp, Option<Pgbench>)> {
     let pool = PgPoolOptions::new()
         .max_connections(sizes.pool_size)
         .connect(env.database_url())
@@ -112,6 +161,7 @@ async fn raw_insert(
         &stop,
     );
     let inserting = pool.clone();
+    let window = measured_window(targets, &stop);
     let throughput = load::closed_loop(sizes.concurrency, stop, &bar, move |_| {
         let pool = inserting.clone();
         async move {
@@ -131,18 +181,20 @@ async fn raw_insert(
         }
     })
     .await;
-    let pgbench_tps = pgbench(env, sizes).await;
+    let cpu = cpu::finish_window(window, throughput.ops).await;
+    let pgbench = pgbench(env, sizes, targets).await;
     sqlx::query("drop table bench_raw_orders")
         .execute(&pool)
         .await?;
     pool.close().await;
-    Ok((throughput, pgbench_tps))
+    Ok((throughput, cpu, pgbench))
 }
 
 /// Runs pgbench as the `postgres` user: single-row INSERT transactions into
 /// `bench_raw_orders` from `sizes.concurrency` clients for `sizes.create_seconds`.
-/// Returns its tps (without connection time), or `None` (logged) when it cannot run.
-async fn pgbench(env: &BenchEnv, sizes: &Sizes) -> Option<f64> {
+/// Returns its tps (without connection time) and the CPU per transaction over its whole
+/// run, or `None` (logged) when it cannot run.
+async fn pgbench(env: &BenchEnv, sizes: &Sizes, targets: &Targets) -> Option<Pgbench> {
     let database = env
         .database_url()
         .rsplit('/')
@@ -161,6 +213,7 @@ async fn pgbench(env: &BenchEnv, sizes: &Sizes) -> Option<f64> {
         script.display(),
         database
     );
+    let tracker = Tracker::start(targets.clone());
     let output = tokio::process::Command::new("su")
         .args(["postgres", "-c", &command])
         .output()
@@ -170,11 +223,19 @@ async fn pgbench(env: &BenchEnv, sizes: &Sizes) -> Option<f64> {
         .map_err(|e| eprintln!("pgbench did not run: {e}"))
         .ok()?;
     let text = String::from_utf8_lossy(&output.stdout);
-    let tps = text
+    let tps: Option<f64> = text
         .lines()
-        .find(|line| line.starts_with("tps = "))
-        .and_then(|line| line["tps = ".len()..].split_whitespace().next())
+        .find_map(|line| line.strip_prefix("tps = "))
+        .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok());
+    // "number of transactions actually processed: 123456" (with "/N" when -t is given).
+    let transactions: u64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("number of transactions actually processed: "))
+        .and_then(|rest| rest.split(['/', ' ']).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let cpu = tracker.finish(transactions).await;
     if tps.is_none() {
         eprintln!(
             "pgbench gave no tps: {}{}",
@@ -182,5 +243,5 @@ async fn pgbench(env: &BenchEnv, sizes: &Sizes) -> Option<f64> {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    tps
+    Some(Pgbench { tps: tps?, cpu })
 }

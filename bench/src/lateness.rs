@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use super::Sizes;
 use super::env::BenchEnv;
 use super::load::{self, Api, Counters, Latency, Throughput};
+use super::outbox::{self, OutboxGrowth};
 
 /// Requests in flight at most; past it the sender falls behind its schedule (and the
 /// achieved rate shows it).
@@ -43,6 +44,8 @@ pub struct LatenessReport {
     pub samples_ms: Vec<f64>,
     /// The service's counters over the phase (re-arms, sweeper cancels).
     pub counters: Counters,
+    /// The outbox's size and rows, sampled while the orders were created.
+    pub outbox: OutboxGrowth,
 }
 
 /// Creates the orders at the rate, waits for every cancel, reads the lateness.
@@ -57,7 +60,9 @@ pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<LatenessReport
     let api = load::api(&service.url);
     let before = Counters::read(&api).await;
     let tag = env.tag("lateness");
+    let watch = outbox::Watch::start(env.pool.clone());
     let create = create_at_rate(&api, &tag, sizes.lateness_orders, sizes.rate).await;
+    let outbox = watch.finish().await;
     let bar = load::bar(
         "lateness",
         "waiting for every cancel",
@@ -85,6 +90,7 @@ pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<LatenessReport
         lateness: Latency::of(&histogram_of(&samples_ms)),
         samples_ms,
         counters,
+        outbox,
     })
 }
 

@@ -22,10 +22,12 @@
 
 mod broker;
 mod burst;
+mod cpu;
 mod create;
 mod env;
 mod lateness;
 mod load;
+mod outbox;
 mod pending;
 mod plot;
 mod report;
@@ -120,6 +122,11 @@ pub struct BenchArgs {
     #[arg(long)]
     pub lateness_orders: Option<u64>,
 
+    /// Seconds of load in the lateness phase instead of a count: `--rate` × this many
+    /// orders (e.g. 300 to see whether the outbox stays bounded over five minutes).
+    #[arg(long, conflicts_with = "lateness_orders")]
+    pub lateness_seconds: Option<u64>,
+
     /// Orders per second created in the lateness phase [1000; tiny 100].
     #[arg(long)]
     pub rate: Option<u64>,
@@ -179,6 +186,7 @@ impl Sizes {
             given.unwrap_or(if args.tiny { tiny } else { full })
         };
         let burst = pick(args.burst, 100_000, 2_000);
+        let rate = pick(args.rate, 1_000, 100).max(1);
         let lateness_timeout = args
             .lateness_timeout
             .unwrap_or(Duration::from_secs(if args.tiny { 1 } else { 2 }));
@@ -189,8 +197,11 @@ impl Sizes {
             create_seconds: pick(args.create_seconds, 20, 2),
             concurrency: args.concurrency.unwrap_or(if args.tiny { 8 } else { 32 }),
             pool_size: args.pool_size.unwrap_or(16),
-            lateness_orders: pick(args.lateness_orders, 60_000, 200),
-            rate: pick(args.rate, 1_000, 100).max(1),
+            lateness_orders: match args.lateness_seconds {
+                Some(seconds) => seconds.saturating_mul(rate).max(1),
+                None => pick(args.lateness_orders, 60_000, 200),
+            },
+            rate,
             lateness_timeout_ms: lateness_timeout.as_millis() as u64,
             burst,
             burst_lead_ms: burst_lead.as_millis() as u64,

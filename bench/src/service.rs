@@ -88,6 +88,11 @@ impl Service {
         }
     }
 
+    /// The service's process id, when it is known (for CPU and memory readings).
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
     /// The resident memory of the service's process, when it is known.
     pub fn memory(&self) -> Option<Memory> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
