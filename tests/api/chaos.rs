@@ -506,17 +506,16 @@ async fn an_instance_frozen_with_sigstop_while_holding_the_relay_lease_is_replac
     let (first_holder, _) = lease(&app).await.expect("lease");
     // Orders created on it just before it freezes: some of their rows may be read or
     // published but not deleted when it stops.
-    let client = reqwest::Client::new();
     let mut ids = Vec::new();
     for _ in 0..10 {
-        ids.push(create_at(&client, &frozen.address).await);
+        ids.push(create_at(&app, &frozen.address).await);
     }
     frozen.signal("-STOP");
     let frozen_at = Instant::now();
     let other = Binary::start(&app.env, &[]);
     wait_ready_at(&app, &other.address, Duration::from_secs(20)).await;
     for _ in 0..10 {
-        ids.push(create_at(&client, &other.address).await);
+        ids.push(create_at(&app, &other.address).await);
     }
     // The frozen instance keeps its connections (and would keep row locks): only the
     // lease's expiry lets the other take over.
@@ -577,14 +576,9 @@ async fn an_instance_frozen_with_sigstop_while_holding_the_relay_lease_is_replac
 }
 
 /// Creates an order through one instance's API; panics unless 201.
-async fn create_at(client: &reqwest::Client, address: &str) -> String {
-    let response = client
-        .post(format!("{address}/orders"))
-        .json(&crate::helpers::order_body())
-        .send()
-        .await
-        .expect("create");
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let order: serde_json::Value = response.json().await.expect("order");
-    order["id"].as_str().expect("id").to_owned()
+async fn create_at(app: &TestApp, address: &str) -> String {
+    let request = app.client.post(format!("{address}/orders"));
+    let created = app.send(request.json(&crate::helpers::order_body())).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    crate::helpers::id_of(&created.body)
 }

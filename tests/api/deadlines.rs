@@ -270,15 +270,12 @@ async fn settled_and_expired_entities_are_not_extended_and_bad_input_names_the_f
         );
         assert_eq!(answer["error"]["field"], field, "{body}: {answer}");
     }
-    let response = app
-        .client
-        .post(app.url(&format!("/orders/{id}/extend")))
+    let truncated = app
+        .request(Method::POST, &format!("/orders/{id}/extend"))
         .header("content-type", "application/json")
-        .body("{\"seconds\":")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        .body("{\"seconds\":");
+    let answer = app.send(truncated).await.answer();
+    expect_error(answer, StatusCode::BAD_REQUEST, "invalid_json");
     let (_, unchanged) = app.get(&format!("/orders/{id}")).await;
     assert_eq!(unchanged["expires_at"], pending["expires_at"]);
     expect_error(
