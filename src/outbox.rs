@@ -52,8 +52,9 @@ const FAILURE_PAUSE: Duration = Duration::from_millis(500);
 const FIRST_BACKOFF: Duration = Duration::from_secs(2);
 /// Longest wait between two tries of a row that cannot be published.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// Rows held back at most; past it a failing row is simply retried with the next batch.
-const MAX_HELD_BACK: usize = 1000;
+/// Rows held back at most (a few hundred bytes each); past it a failing row is simply
+/// tried again on the relay's next pass over the outbox.
+const MAX_HELD_BACK: usize = 10_000;
 
 /// Why a batch was not published.
 #[derive(Debug, thiserror::Error)]
@@ -89,8 +90,15 @@ pub struct Relay {
     /// shows as time passed).
     renewed: Option<Instant>,
     /// Rows that failed to publish on their own, with when to try them again and how
-    /// long the next wait is.
+    /// long the next wait is (kept once due, so the wait doubles when it fails again).
     held_back: HashMap<i64, (Uuid, Instant, Duration)>,
+    /// The relay pages through the outbox in id order: the last id of the page read,
+    /// 0 at the start of a pass. A page of rows that cannot be published therefore
+    /// never hides the rows behind it.
+    cursor: i64,
+    /// Entities with a row that failed in this pass without being held back (past
+    /// `MAX_HELD_BACK`): their later rows wait for the next pass, to keep their order.
+    failed_this_pass: HashSet<Uuid>,
 }
 
 /// Runs the relay until `shutdown`; the batch in flight finishes first and the lease is
@@ -169,6 +177,8 @@ impl Relay {
             holder: Uuid::now_v7(),
             renewed: None,
             held_back: HashMap::new(),
+            cursor: 0,
+            failed_this_pass: HashSet::new(),
         }
     }
 
@@ -183,19 +193,16 @@ impl Relay {
         if !self.renew().await? {
             return Ok(Step::NotHolder);
         }
-        let now = Instant::now();
-        self.held_back.retain(|_, (_, retry_at, _)| *retry_at > now);
-        let skip: Vec<i64> = self.held_back.keys().copied().collect();
-        let entities: Vec<Uuid> = self
-            .held_back
-            .values()
-            .map(|(entity, _, _)| *entity)
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let rows = outbox::read(&self.pool, BATCH, &skip, &entities).await?;
+        let page = outbox::read(&self.pool, BATCH, self.cursor).await?;
+        let read = page.len();
+        // The page's last id, or `None` at the end of the outbox (the next step starts a
+        // new pass from the first row). Applied once the page is handled: a page that
+        // failed midway is read again, so no later row of its entities goes first.
+        let next = page.last().map(|row| row.id).filter(|_| read as i64 == BATCH);
+        let rows = self.publishable(page);
         if rows.is_empty() {
-            return Ok(Step::Published(0));
+            self.advance(next);
+            return Ok(Step::Published(read));
         }
         tracing::Span::current().record("rows", rows.len());
         // Renewed just now, unless this process was frozen since: then another relay may
@@ -203,16 +210,70 @@ impl Relay {
         if !self.still_holding() && !self.renew().await? {
             return Ok(Step::NotHolder);
         }
-        let published = match self.publish_all(&rows).await {
-            Ok(()) => rows.iter().map(|row| row.id).collect(),
+        let (published, handled) = match self.publish_all(&rows).await {
+            Ok(()) => (rows.iter().map(|row| row.id).collect(), true),
             Err(PublishError::Unroutable { .. } | PublishError::Nacked) => {
                 self.publish_one_by_one(&rows).await
             }
             Err(error) => return Err(error.into()),
         };
         outbox::delete(&self.pool, &published).await?;
+        for id in &published {
+            self.held_back.remove(id);
+        }
         count(&rows, &published);
-        Ok(Step::Published(rows.len()))
+        if handled {
+            self.advance(next);
+        }
+        Ok(Step::Published(read))
+    }
+
+    /// Moves the cursor past a handled page, or starts a new pass after the last one.
+    fn advance(&mut self, next: Option<i64>) {
+        match next {
+            Some(id) => self.cursor = id,
+            None => self.end_pass(),
+        }
+    }
+
+    /// The rows of a page that may be published now, in id order: not a held back row
+    /// whose wait is not over, and no row of an entity with an earlier row held back or
+    /// failed in this pass (each entity's messages keep their order).
+    fn publishable(&self, page: Vec<Pending>) -> Vec<Pending> {
+        let now = Instant::now();
+        let in_page: HashSet<i64> = page.iter().map(|row| row.id).collect();
+        // Entities whose held back row is elsewhere (an earlier page) wait for the pass
+        // that reaches that row first.
+        let mut blocked: HashSet<Uuid> = self
+            .held_back
+            .iter()
+            .filter(|(id, _)| !in_page.contains(id))
+            .map(|(_, (entity, _, _))| *entity)
+            .chain(self.failed_this_pass.iter().copied())
+            .collect();
+        let mut rows = Vec::with_capacity(page.len());
+        for row in page {
+            let waiting = self
+                .held_back
+                .get(&row.id)
+                .is_some_and(|(_, retry_at, _)| *retry_at > now);
+            if waiting || blocked.contains(&row.entity_id) {
+                blocked.insert(row.entity_id);
+                continue;
+            }
+            rows.push(row);
+        }
+        rows
+    }
+
+    /// After the last page: forgets held back rows not seen again for longer than the
+    /// longest wait (published by another instance meanwhile) and starts a new pass.
+    fn end_pass(&mut self) {
+        self.cursor = 0;
+        self.failed_this_pass.clear();
+        let now = Instant::now();
+        self.held_back
+            .retain(|_, (_, retry_at, _)| now.saturating_duration_since(*retry_at) < MAX_BACKOFF);
     }
 
     /// Gives the lease up.
@@ -254,8 +315,8 @@ impl Relay {
     /// due queue instead (the consumer re-arms an early timer through the delay levels,
     /// DESIGN.md rule 4). A row that still fails is held back with a growing pause, and so
     /// are the later rows of its entity, which keeps each entity's order. Returns the ids
-    /// published.
-    async fn publish_one_by_one(&mut self, rows: &[Pending]) -> Vec<i64> {
+    /// published, and whether every row was tried (not when the connection went).
+    async fn publish_one_by_one(&mut self, rows: &[Pending]) -> (Vec<i64>, bool) {
         let mut published = Vec::new();
         let mut blocked: HashSet<Uuid> = HashSet::new();
         for row in rows {
@@ -272,13 +333,15 @@ impl Relay {
                 Ok(()) => published.push(row.id),
                 Err(error @ (PublishError::Unroutable { .. } | PublishError::Nacked)) => {
                     blocked.insert(row.entity_id);
-                    self.hold_back(row, &error);
+                    if !self.hold_back(row, &error) {
+                        self.failed_this_pass.insert(row.entity_id);
+                    }
                 }
                 // The connection went: the rest waits for the next batch.
-                Err(_) => break,
+                Err(_) => return (published, false),
             }
         }
-        published
+        (published, true)
     }
 
     async fn publish_row(&self, row: &Pending, timer_to_due: bool) -> Result<(), PublishError> {
@@ -292,9 +355,10 @@ impl Relay {
         self.broker.publish(Publisher::Relay, &messages).await
     }
 
-    fn hold_back(&mut self, row: &Pending, error: &PublishError) {
-        if self.held_back.len() >= MAX_HELD_BACK {
-            return;
+    /// Holds `row` back for a growing pause; false when too many rows are held already.
+    fn hold_back(&mut self, row: &Pending, error: &PublishError) -> bool {
+        if self.held_back.len() >= MAX_HELD_BACK && !self.held_back.contains_key(&row.id) {
+            return false;
         }
         let pause = self
             .held_back
@@ -304,6 +368,7 @@ impl Relay {
         metrics::counter!("order_timeout_outbox_held_back_total").increment(1);
         self.held_back
             .insert(row.id, (row.entity_id, Instant::now() + pause, pause));
+        true
     }
 }
 

@@ -170,24 +170,18 @@ pub struct Pending {
     pub payload: Option<Value>,
 }
 
-/// Reads up to `limit` rows in id order, without locking them, leaving out the rows in
-/// `skip` and every row of the entities in `held_back` (whose earlier row could not be
-/// published: their later rows wait so that an entity's messages keep their order).
-pub async fn read(
-    pool: &PgPool,
-    limit: i64,
-    skip: &[i64],
-    held_back: &[Uuid],
-) -> Result<Vec<Pending>, StoreError> {
+/// Reads up to `limit` rows with an id above `after`, in id order, without locking
+/// them. The relay pages through the outbox this way, so rows it cannot publish never
+/// hide the rows behind them.
+pub async fn read(pool: &PgPool, limit: i64, after: i64) -> Result<Vec<Pending>, StoreError> {
     Ok(sqlx::query_as::<_, Pending>(
         "select id, entity_id, timer_bucket, timer_body, event_key, payload,
                 greatest(0, ceil(extract(epoch from (due_at - now())) * 1000))::bigint as ms_left
-         from outbox where id <> all($2) and entity_id <> all($3)
+         from outbox where id > $2
          order by id limit $1",
     )
     .bind(limit)
-    .bind(skip)
-    .bind(held_back)
+    .bind(after)
     .fetch_all(pool)
     .await?)
 }

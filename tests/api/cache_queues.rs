@@ -363,3 +363,42 @@ async fn a_cache_queue_refusing_every_timer_holds_up_neither_the_other_bucket_no
         "the order bucket's queue refused nothing: {verdict:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_rows_a_cache_queue_refuses_do_not_hide_the_rows_behind_them() {
+    init_logs();
+    let app = TestApp::spawn_with(|config| {
+        config.order_timeout = Duration::from_secs(3);
+        config.waybill_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let bucket = format!("order.{}", app.instance.config.order_timeout.as_millis());
+    let order_queue = app.topology.cache_queue(&bucket);
+    let pattern = format!("^{}$", order_queue.replace('.', "\\."));
+    let definition = r#"{"max-length":0,"overflow":"reject-publish"}"#;
+    let policy = tokio::task::spawn_blocking({
+        let name = format!("{}.refuse", app.topology.prefix);
+        move || Policy::set(&name, &pattern, definition)
+    })
+    .await
+    .expect("set the policy");
+    // More refused rows than the relay holds back at once before it pages on (a page is
+    // 500): timers due in an hour, so none is sent to the due queue instead.
+    sqlx::query(
+        "insert into outbox (entity_id, timer_bucket, due_at, timer_body)
+         select id, $1, now() + interval '1 hour', jsonb_build_object('kind', 'order', 'id', id)
+         from (select gen_random_uuid() as id from generate_series(1, 2000)) refused",
+    )
+    .bind(&bucket)
+    .execute(&app.pool)
+    .await
+    .expect("refused rows");
+    let mut waybills = Vec::new();
+    for _ in 0..5 {
+        waybills.push(Uuid::parse_str(&id_of(&app.create_waybill().await)).expect("id"));
+    }
+    assert_every_waybill_cancelled(&app, &waybills, Duration::from_secs(45)).await;
+    tokio::task::spawn_blocking(move || drop(policy))
+        .await
+        .expect("clear the policy");
+}
