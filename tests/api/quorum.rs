@@ -1,15 +1,23 @@
 //! Quorum-queue semantics the service relies on, on the machine's single broker (a quorum
-//! queue works on one node): a publish refused by `x-overflow=reject-publish` (the
-//! overflow the timer queues declare for at-least-once dead-lettering) is nacked, and the
-//! relay keeps its outbox row and publishes it once the queue has room again.
+//! queue works on one node):
+//! - a publish refused by `x-overflow=reject-publish` (the overflow the timer queues
+//!   declare for at-least-once dead-lettering) is nacked, and the relay keeps its outbox
+//!   row and publishes it once the queue has room again;
+//! - a delivery limit (`x-delivery-limit`, here as a policy) never drops a timer that
+//!   keeps failing: a failed delivery is republished to a retry tier and acked, never
+//!   handed back to the broker, so its delivery count never grows, and it ends in
+//!   `failed_messages` (the due queue has no dead-letter exchange: a message over the
+//!   limit would be gone).
 
 use std::process::Command;
 use std::time::Duration;
 
 use order_timeout::broker::QueueType;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, eventually};
+use crate::helpers::{TestApp, eventually, poll};
 
 /// A RabbitMQ policy on the machine's broker, matching only one test's queues; cleared
 /// on drop, a failing test included.
@@ -39,6 +47,22 @@ impl Policy {
         Self {
             name: name.to_owned(),
         }
+    }
+}
+
+impl Policy {
+    /// Whether the broker applies this policy to `queue` (`list_queues name policy`).
+    fn applies_to(&self, queue: &str) -> bool {
+        let Ok(output) = Command::new("rabbitmqctl")
+            .args(["list_queues", "--quiet", "--no-table-headers", "name", "policy"])
+            .output()
+        else {
+            return false;
+        };
+        String::from_utf8_lossy(&output.stdout).lines().any(|line| {
+            let mut fields = line.split_whitespace();
+            fields.next() == Some(queue) && fields.next() == Some(self.name.as_str())
+        })
     }
 }
 
@@ -134,6 +158,56 @@ async fn a_timer_nacked_by_a_full_quorum_cache_queue_keeps_its_outbox_row_until_
         .await
         .expect("failed messages");
     assert_eq!(failed, 0, "nothing may end in failed_messages");
+    drop(policy);
+}
+
+#[tokio::test]
+async fn a_timer_failing_past_the_delivery_limit_ends_in_failed_messages_not_dropped() {
+    let mut policy = None;
+    let app = TestApp::spawn_with(|config| {
+        config.queue_type = QueueType::Quorum;
+        config.database_lock_timeout = Duration::from_millis(200);
+        let prefix = regex_escape(&config.queue_prefix);
+        // The smallest limit: any delivery the broker counts twice would be dropped.
+        policy = Some(Policy::set(
+            &format!("{}.limit", config.queue_prefix),
+            &format!("^{prefix}\\.(due|retry\\..+)$"),
+            r#"{"delivery-limit":1}"#,
+        ));
+    })
+    .await;
+    let limit = policy.as_ref().expect("policy set");
+    assert!(
+        limit.applies_to(&app.topology.due_queue),
+        "the delivery limit is not applied to the due queue"
+    );
+    let order = app.create_order().await;
+    let id = order["id"].as_str().expect("order id").to_owned();
+    // Hold the order's row lock: every cancel attempt times out on it (transient), on the
+    // first delivery and after each retry tier.
+    let mut blocker = app.pool.begin().await.expect("transaction");
+    sqlx::query("select 1 from orders where id = $1 for update")
+        .bind(Uuid::parse_str(&id).expect("uuid"))
+        .execute(&mut *blocker)
+        .await
+        .expect("row lock");
+    let stored = poll(Duration::from_secs(30), || async {
+        let (status, page) = app
+            .admin(Method::GET, "/admin/failed-messages?limit=200")
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        page["items"]
+            .as_array()
+            .and_then(|items| items.first().cloned())
+    })
+    .await;
+    blocker.rollback().await.expect("rollback");
+    let row: Value = stored.expect("the timer was dropped instead of stored as failed");
+    assert_eq!(row["message_id"], id.as_str());
+    assert_eq!(row["error_class"], "transient");
+    assert_eq!(row["attempts"], 3, "the first try and one per retry tier");
+    assert_eq!(app.order_status(&id).await, "pending");
+    assert_eq!(app.queue_depth(&app.topology.due_queue).await, 0);
     drop(policy);
 }
 
