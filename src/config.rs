@@ -73,6 +73,13 @@ pub struct Config {
     #[arg(long, env = "QUEUE_TYPE", default_value = "classic")]
     pub queue_type: crate::broker::QueueType,
 
+    /// The `QUEUE_PREFIX` of an earlier deployment whose queues this instance keeps
+    /// emptying into its own due queue: the switch from classic to quorum queues without
+    /// losing a pending timer (README "Switching from classic to quorum queues"). Unset:
+    /// nothing is drained.
+    #[arg(long, env = "DRAIN_QUEUE_PREFIX", value_parser = parse_prefix)]
+    pub drain_queue_prefix: Option<String>,
+
     /// Due-queue deliveries handled at the same time.
     #[arg(long, env = "CONSUMER_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     pub consumer_concurrency: u16,
@@ -238,6 +245,7 @@ impl std::fmt::Debug for Config {
             .field("waybill_timeout", &self.waybill_timeout)
             .field("queue_prefix", &self.queue_prefix)
             .field("queue_type", &self.queue_type)
+            .field("drain_queue_prefix", &self.drain_queue_prefix)
             .field("consumer_concurrency", &self.consumer_concurrency)
             .field("prefetch", &self.prefetch)
             .field("retry_delays", &self.retry_delays)

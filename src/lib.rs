@@ -35,6 +35,7 @@ pub mod api;
 pub mod broker;
 pub mod config;
 pub mod domain;
+pub mod drain;
 pub mod liveness;
 pub mod outbox;
 pub mod retention;

@@ -309,8 +309,16 @@ impl DeliveryRouter {
 /// reset), then its parked copy acked. A failed publish nacks that message back and ends
 /// the replay. Returns how many were moved.
 pub async fn replay_parking(broker: &Broker) -> Result<u32, PublishError> {
+    move_to_due(broker, &broker.topology().parking_queue).await
+}
+
+/// Moves every message that was in `queue` when the call began to the due queue, as
+/// [`replay_parking`] does for the parking queue (also used to drain the queues of an
+/// earlier deployment, `crate::drain`). A timer moved before its deadline is re-armed
+/// by the consumer (docs/architecture.md rule 4). Returns how many were moved.
+pub async fn move_to_due(broker: &Broker, queue: &str) -> Result<u32, PublishError> {
     let topology = broker.topology();
-    let reader = broker.read_queue(&topology.parking_queue).await?;
+    let reader = broker.read_queue(queue).await?;
     let mut replayed = 0u32;
     for _ in 0..reader.ready() {
         let Some(delivery) = reader.get().await? else {
@@ -336,7 +344,7 @@ pub async fn replay_parking(broker: &Broker) -> Result<u32, PublishError> {
         }
         delivery.ack().await?;
         replayed += 1;
-        tracing::info!(message_id = %delivery.message_id(), "admin replayed a parked message");
+        tracing::info!(message_id = %delivery.message_id(), queue, "message moved to the due queue");
     }
     reader.close().await;
     Ok(replayed)

@@ -175,6 +175,15 @@ impl Application {
             broker.clone(),
             shutdown.clone(),
         ));
+        if let Some(prefix) = &config.drain_queue_prefix {
+            let mut earlier = (*config).clone();
+            earlier.queue_prefix = prefix.clone();
+            workers.spawn(crate::drain::run(
+                broker.clone(),
+                topology_of(&earlier),
+                shutdown.clone(),
+            ));
+        }
         workers.spawn(outbox::run(
             pool.clone(),
             broker.clone(),

@@ -216,3 +216,67 @@ async fn a_timer_failing_past_the_delivery_limit_ends_in_failed_messages_not_dro
 fn regex_escape(s: &str) -> String {
     s.replace('.', "\\.")
 }
+
+#[tokio::test]
+async fn switching_a_running_system_from_classic_to_quorum_queues_loses_no_pending_timer() {
+    // The classic deployment, with timers waiting in its classic cache queue.
+    let mut app = TestApp::spawn_with(|config| {
+        config.order_timeout = Duration::from_secs(4);
+    })
+    .await;
+    let classic_prefix = app.topology.prefix.clone();
+    let classic_cache = app.topology.cache_queue("order.4000");
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(app.create_order().await["id"].as_str().expect("id").to_owned());
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            app.queue_depth(&classic_cache).await == 5
+        })
+        .await,
+        "the timers never reached {classic_cache}"
+    );
+    // It stops; its timers stay in the classic queues.
+    app.instance.stop().await.expect("classic instance stopped");
+
+    // The quorum deployment: a new prefix (under the test's, so the test's clean-up
+    // removes it), draining the classic one.
+    let quorum = app
+        .spawn_instance(|config| {
+            config.order_timeout = Duration::from_secs(4);
+            config.queue_type = QueueType::Quorum;
+            config.queue_prefix = format!("{classic_prefix}.q");
+            config.drain_queue_prefix = Some(classic_prefix.clone());
+        })
+        .await;
+    let later = app
+        .send(
+            app.client
+                .post(format!("{}/orders", quorum.address))
+                .json(&crate::helpers::order_body()),
+        )
+        .await;
+    assert_eq!(later.status, StatusCode::CREATED, "{}", later.text);
+    let later = later.body;
+    ids.push(later["id"].as_str().expect("id").to_owned());
+
+    // Every order is cancelled by its timer (the sweeper is an hour away), none early.
+    for id in &ids {
+        app.wait_for_order_status(id, "cancelled", Duration::from_secs(20))
+            .await;
+    }
+    let early: i64 = sqlx::query_scalar(
+        "select count(*) from orders where status = 'cancelled' and cancelled_at < expires_at",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("early cancels");
+    assert_eq!(early, 0, "cancelled before their deadline");
+    assert_eq!(app.queue_depth(&classic_cache).await, 0);
+    let failed: i64 = sqlx::query_scalar("select count(*) from failed_messages")
+        .fetch_one(&app.pool)
+        .await
+        .expect("failed messages");
+    assert_eq!(failed, 0, "nothing may end in failed_messages");
+}
