@@ -195,6 +195,17 @@ pub async fn delete(pool: &PgPool, ids: &[i64]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Vacuums the outbox and its lease: both are rewritten all the time (a row per change,
+/// deleted once published; the lease renewed before every batch) and must not depend on
+/// autovacuum to stay small. Skips a table another vacuum holds; a role that does not
+/// own the tables gets a warning from PostgreSQL, not an error.
+pub async fn vacuum(pool: &PgPool) -> Result<(), StoreError> {
+    sqlx::query("vacuum (skip_locked) outbox, outbox_lease")
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 /// Takes or renews the relay lease of `partition` for `holder` until `ttl` from now in
 /// database time; true when `holder` holds it now. Someone else's lease is taken over
 /// only once it expired.
