@@ -75,6 +75,13 @@ async fn invalid_bodies_are_refused_with_the_field_and_store_nothing() {
             "items[0].quantity",
         ),
         (json!([1, 2]), "body"),
+        // One line more than the spec's `maxItems: 500`, in a body far below 64 KiB:
+        // refused as a validation error (422), not as a payload too large (413).
+        (
+            json!({"customer_id": "c", "amount_cents": 501, "currency": "EUR",
+                "items": vec![json!({"sku": "a", "quantity": 1, "unit_price_cents": 1}); 501]}),
+            "items",
+        ),
     ];
     for (body, field) in cases {
         let answer = app.post("/orders", body.clone()).await;
