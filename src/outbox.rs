@@ -140,7 +140,11 @@ pub async fn run(
             vacuum_due = tokio::time::Instant::now() + VACUUM_INTERVAL;
             let dead = std::mem::take(&mut relay.deleted_since_vacuum);
             // Beside the relay, not in its way: publishing goes on while it runs.
-            vacuuming = Some(tokio::spawn(vacuum_outbox(relay.pool.clone(), call_limit, dead)));
+            vacuuming = Some(tokio::spawn(vacuum_outbox(
+                relay.pool.clone(),
+                call_limit,
+                dead,
+            )));
         }
         let busy = heartbeat.busy();
         let step = call_limit.run("relay_batch", relay.step()).await;
@@ -184,7 +188,11 @@ pub async fn run(
 async fn vacuum_outbox(pool: PgPool, call_limit: CallLimit, dead: u64) {
     let started = Instant::now();
     match call_limit.run("outbox_vacuum", outbox::vacuum(&pool)).await {
-        Ok(()) => tracing::debug!(dead, elapsed_ms = started.elapsed().as_millis() as u64, "outbox vacuumed"),
+        Ok(()) => tracing::debug!(
+            dead,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "outbox vacuumed"
+        ),
         Err(error) => tracing::warn!(%error, dead, "outbox vacuum failed"),
     }
 }
@@ -231,7 +239,10 @@ impl Relay {
         // The page's last id, or `None` at the end of the outbox (the next step starts a
         // new pass from the first row). Applied once the page is handled: a page that
         // failed midway is read again, so no later row of its entities goes first.
-        let next = page.last().map(|row| row.id).filter(|_| read as i64 == BATCH);
+        let next = page
+            .last()
+            .map(|row| row.id)
+            .filter(|_| read as i64 == BATCH);
         let rows = self.publishable(page);
         if rows.is_empty() {
             self.advance(next);

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -15,33 +15,6 @@ use uuid::Uuid;
 
 use crate::chaos::load::{Load, LoadShape, Outage, init_logs, verify};
 use crate::helpers::{TestApp, eventually, id_of};
-
-/// A queue bound to the order events only, for `verify` (which knows orders, not
-/// waybills).
-async fn observe_order_events(app: &TestApp) -> String {
-    app.wait_ready().await;
-    let queue = format!("{}.test.order_events", app.topology.prefix);
-    let channel = app.channel().await;
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    channel
-        .queue_declare(queue.as_str().into(), durable, FieldTable::default())
-        .await
-        .expect("declare");
-    channel
-        .queue_bind(
-            queue.as_str().into(),
-            app.topology.events_exchange.as_str().into(),
-            "order.#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("bind");
-    queue
-}
 
 /// Creates a waybill every 100 ms until stopped; returns the ids answered 201.
 struct WaybillLoad {
@@ -142,7 +115,7 @@ async fn cache_queues_deleted_twice_under_load_are_redeclared_and_nothing_is_los
         config.sweep_grace = SWEEP_GRACE;
     })
     .await;
-    let events = observe_order_events(&app).await;
+    let events = app.observe_events_as("order_events", "order.#").await;
     let queues = cache_queues(&app);
     assert_eq!(queues.len(), 2, "{queues:?}");
     let load = Load::start(vec![app.instance.address.clone()], LoadShape::default());
@@ -288,7 +261,7 @@ async fn a_cache_queue_refusing_every_timer_holds_up_neither_the_other_bucket_no
         config.waybill_timeout = Duration::from_secs(4);
     })
     .await;
-    let events = observe_order_events(&app).await;
+    let events = app.observe_events_as("order_events", "order.#").await;
     let load = Load::start(vec![app.instance.address.clone()], LoadShape::default());
     let waybills = WaybillLoad::start(app.instance.address.clone());
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -296,9 +269,10 @@ async fn a_cache_queue_refusing_every_timer_holds_up_neither_the_other_bucket_no
     // The order bucket's queue accepts nothing: the broker nacks every timer published
     // to it (a length limit of 0 that rejects publishes, as a blanket limit an operator
     // set could do).
-    let order_queue = app
-        .topology
-        .cache_queue(&format!("order.{}", app.instance.config.order_timeout.as_millis()));
+    let order_queue = app.topology.cache_queue(&format!(
+        "order.{}",
+        app.instance.config.order_timeout.as_millis()
+    ));
     let pattern = format!("^{}$", order_queue.replace('.', "\\."));
     let definition = r#"{"max-length":0,"overflow":"reject-publish"}"#;
     let policy = tokio::task::spawn_blocking({

@@ -402,10 +402,16 @@ impl TestApp {
 
     /// Declares a queue bound to the events exchange with `#`, to observe every event.
     pub async fn observe_events(&self) -> String {
+        self.observe_events_as("events", "#").await
+    }
+
+    /// Declares the queue `<prefix>.test.<name>` bound to the events exchange with
+    /// `pattern` (e.g. `order.#`), so a test can read the events it routes.
+    pub async fn observe_events_as(&self, name: &str, pattern: &str) -> String {
         // The events exchange exists once the service has connected and declared its
         // topology: binding before that fails with NOT_FOUND.
         self.wait_ready().await;
-        let queue = format!("{}.test.events", self.topology.prefix);
+        let queue = format!("{}.test.{name}", self.topology.prefix);
         let channel = self.channel().await;
         // Durable, so events waiting in it survive a broker restart; the test's clean-up
         // deletes it with the rest of the prefix.
@@ -430,7 +436,7 @@ impl TestApp {
             .queue_bind(
                 queue.as_str().into(),
                 self.topology.events_exchange.as_str().into(),
-                "#".into(),
+                pattern.into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )

@@ -8,8 +8,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use lapin::options::{QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use serde_json::Value;
 
 use crate::chaos::load::{Load, LoadShape, Outage, init_logs, verify};
@@ -18,33 +16,6 @@ use crate::helpers::{TestApp, eventually};
 
 /// How long settling may take after the load stops.
 const SETTLE: Duration = Duration::from_secs(30);
-
-/// A second queue bound to every event, read only at the end: the order in which the
-/// events were published (the one `verify` reads is drained while it waits).
-async fn observe_in_order(app: &TestApp) -> String {
-    app.wait_ready().await;
-    let queue = format!("{}.test.events.ordered", app.topology.prefix);
-    let channel = app.channel().await;
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    channel
-        .queue_declare(queue.as_str().into(), durable, FieldTable::default())
-        .await
-        .expect("declare");
-    channel
-        .queue_bind(
-            queue.as_str().into(),
-            app.topology.events_exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("bind");
-    queue
-}
 
 /// Asserts that every entity's first `created` event came before its first later event
 /// (paid, cancelled), and that every entity has a `created`. Returns how many entities
@@ -86,7 +57,9 @@ async fn two_instances_relaying_side_by_side_under_load_lose_nothing_and_keep_ea
     init_logs();
     let app = TestApp::spawn().await;
     let events = app.observe_events().await;
-    let ordered = observe_in_order(&app).await;
+    // A second queue bound to every event, read only at the end: the order in which the
+    // events were published (the one `verify` reads is drained while it waits).
+    let ordered = app.observe_events_as("events.ordered", "#").await;
     let second = app.spawn_instance(|_| {}).await;
     wait_ready_at(&app, &second.address, Duration::from_secs(15)).await;
     // Both relays run; whichever holds the lease publishes what both instances write.

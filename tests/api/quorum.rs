@@ -54,7 +54,13 @@ impl Policy {
     /// Whether the broker applies this policy to `queue` (`list_queues name policy`).
     fn applies_to(&self, queue: &str) -> bool {
         let Ok(output) = Command::new("rabbitmqctl")
-            .args(["list_queues", "--quiet", "--no-table-headers", "name", "policy"])
+            .args([
+                "list_queues",
+                "--quiet",
+                "--no-table-headers",
+                "name",
+                "policy",
+            ])
             .output()
         else {
             return false;
@@ -228,7 +234,12 @@ async fn switching_a_running_system_from_classic_to_quorum_queues_loses_no_pendi
     let classic_cache = app.topology.cache_queue("order.4000");
     let mut ids = Vec::new();
     for _ in 0..5 {
-        ids.push(app.create_order().await["id"].as_str().expect("id").to_owned());
+        ids.push(
+            app.create_order().await["id"]
+                .as_str()
+                .expect("id")
+                .to_owned(),
+        );
     }
     assert!(
         eventually(Duration::from_secs(10), || async {
