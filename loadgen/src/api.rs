@@ -47,6 +47,10 @@ impl Api {
     pub fn new(base: &str, timeout: Duration) -> Self {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(usize::MAX)
+            // The service closes a keep-alive connection idle for HTTP_HEADER_READ_TIMEOUT
+            // (10 s). A client must not reuse a connection that old: one sent just as the
+            // server closes it fails without an answer (reqwest does not resend a POST).
+            .pool_idle_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .timeout(timeout)
             .build()

@@ -65,6 +65,8 @@ pub struct Stats {
     pub bad_answers: Vec<String>,
     /// Requests that got no HTTP answer (connection refused or reset), by target.
     pub transport_errors: BTreeMap<String, u64>,
+    /// The first few of those errors in full (`what path: error`), so a failure says why.
+    pub transport_error_samples: Vec<String>,
 }
 
 impl Stats {
@@ -92,8 +94,8 @@ impl Stats {
         self.assert_always_answered_well();
         assert!(
             self.transport_errors.is_empty(),
-            "requests without an answer: {:?}",
-            self.transport_errors
+            "requests without an answer: {:?}, first: {:?}",
+            self.transport_errors, self.transport_error_samples
         );
     }
 
@@ -103,8 +105,8 @@ impl Stats {
         self.assert_always_answered_well();
         assert!(
             self.transport_errors.keys().all(|t| t == target),
-            "requests without an answer: {:?}",
-            self.transport_errors
+            "requests without an answer: {:?}, first: {:?}",
+            self.transport_errors, self.transport_error_samples
         );
     }
 
@@ -122,9 +124,22 @@ impl Stats {
             self.too_slow
                 .push(format!("{what} {path} took {} ms", elapsed.as_millis()));
         }
-        let Ok(answer) = outcome else {
-            *self.transport_errors.entry(target.to_owned()).or_default() += 1;
-            return;
+        let answer = match outcome {
+            Ok(answer) => answer,
+            Err(error) => {
+                *self.transport_errors.entry(target.to_owned()).or_default() += 1;
+                if self.transport_error_samples.len() < 5 {
+                    // `{:#}`-like chain: reqwest's top error hides the cause (reset, closed).
+                    let mut text = format!("{what} {target}{path}: {error}");
+                    let mut source = std::error::Error::source(error);
+                    while let Some(cause) = source {
+                        text.push_str(&format!(": {cause}"));
+                        source = cause.source();
+                    }
+                    self.transport_error_samples.push(text);
+                }
+                return;
+            }
         };
         let (status, code) = (answer.status, answer.code());
         let key = if code.is_empty() {
