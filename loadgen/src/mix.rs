@@ -95,7 +95,8 @@ impl Stats {
         assert!(
             self.transport_errors.is_empty(),
             "requests without an answer: {:?}, first: {:?}",
-            self.transport_errors, self.transport_error_samples
+            self.transport_errors,
+            self.transport_error_samples
         );
     }
 
@@ -106,7 +107,8 @@ impl Stats {
         assert!(
             self.transport_errors.keys().all(|t| t == target),
             "requests without an answer: {:?}, first: {:?}",
-            self.transport_errors, self.transport_error_samples
+            self.transport_errors,
+            self.transport_error_samples
         );
     }
 
