@@ -200,33 +200,15 @@ struct Seen {
     last: u64,
 }
 
-async fn track(targets: Targets, mut stopped: oneshot::Receiver<()>) -> Totals {
-    let started = Instant::now();
-    let machine_before = machine_busy_ticks();
-    // Keyed by (pid, start time), so a reused pid is another process.
-    let mut seen: HashMap<(u32, u64), Seen> = HashMap::new();
-    let mut first_scan = true;
-    loop {
-        for (key, group, ticks) in scan(&targets) {
-            seen.entry(key)
-                .and_modify(|s| {
-                    s.group = group;
-                    s.last = ticks;
-                })
-                .or_insert(Seen {
-                    group,
-                    first: if first_scan { ticks } else { 0 },
-                    last: ticks,
-                });
-        }
-        first_scan = false;
-        tokio::select! {
-            _ = &mut stopped => break,
-            _ = tokio::time::sleep(SCAN_PERIOD) => {}
-        }
-    }
-    // The last scan, at the end of the window.
-    for (key, group, ticks) in scan(&targets) {
+/// Adds one scan to what is known: a process seen again gets its latest ticks; one seen
+/// first in the window's first scan starts from its ticks then, one that appeared later
+/// from zero (all its CPU time fell inside the window).
+fn record(
+    seen: &mut HashMap<(u32, u64), Seen>,
+    scanned: impl IntoIterator<Item = ((u32, u64), Group, u64)>,
+    first_scan: bool,
+) {
+    for (key, group, ticks) in scanned {
         seen.entry(key)
             .and_modify(|s| {
                 s.group = group;
@@ -234,10 +216,28 @@ async fn track(targets: Targets, mut stopped: oneshot::Receiver<()>) -> Totals {
             })
             .or_insert(Seen {
                 group,
-                first: 0,
+                first: if first_scan { ticks } else { 0 },
                 last: ticks,
             });
     }
+}
+
+async fn track(targets: Targets, mut stopped: oneshot::Receiver<()>) -> Totals {
+    let started = Instant::now();
+    let machine_before = machine_busy_ticks();
+    // Keyed by (pid, start time), so a reused pid is another process.
+    let mut seen: HashMap<(u32, u64), Seen> = HashMap::new();
+    let mut first_scan = true;
+    loop {
+        record(&mut seen, scan(&targets), first_scan);
+        first_scan = false;
+        tokio::select! {
+            _ = &mut stopped => break,
+            _ = tokio::time::sleep(SCAN_PERIOD) => {}
+        }
+    }
+    // The last scan, at the end of the window.
+    record(&mut seen, scan(&targets), false);
     let mut totals = Totals {
         seconds: started.elapsed().as_secs_f64(),
         machine_busy_ticks: machine_before

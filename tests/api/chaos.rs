@@ -520,11 +520,7 @@ async fn an_instance_frozen_with_sigstop_while_holding_the_relay_lease_is_replac
     // The frozen instance keeps its connections (and would keep row locks): only the
     // lease's expiry lets the other take over.
     let drained = eventually(Duration::from_secs(20), || async {
-        sqlx::query_scalar::<_, i64>("select count(*) from outbox")
-            .fetch_one(&app.pool)
-            .await
-            .expect("outbox")
-            == 0
+        app.outbox_rows().await == 0
     })
     .await;
     let took_over_after = frozen_at.elapsed();

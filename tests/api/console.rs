@@ -89,11 +89,7 @@ impl Scene {
         .await;
         assert!(cancelled, "the waybill's timer did not cancel it");
         let settled = eventually(WITHIN, || async {
-            let backlog: i64 = sqlx::query_scalar("select count(*) from outbox")
-                .fetch_one(&app.pool)
-                .await
-                .unwrap();
-            backlog == 0 && depths_match(app).await
+            app.outbox_rows().await == 0 && depths_match(app).await
         })
         .await;
         assert!(

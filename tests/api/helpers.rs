@@ -400,6 +400,14 @@ impl TestApp {
             .expect("publish confirm");
     }
 
+    /// Rows still waiting in the outbox (unpublished changes).
+    pub async fn outbox_rows(&self) -> i64 {
+        sqlx::query_scalar("select count(*) from outbox")
+            .fetch_one(&self.pool)
+            .await
+            .expect("count outbox rows")
+    }
+
     /// Declares a queue bound to the events exchange with `#`, to observe every event.
     pub async fn observe_events(&self) -> String {
         self.observe_events_as("events", "#").await

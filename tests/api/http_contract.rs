@@ -96,11 +96,7 @@ async fn invalid_bodies_are_refused_with_the_field_and_store_nothing() {
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    let outbox: i64 = sqlx::query_scalar("select count(*) from outbox")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!((rows, outbox), (0, 0));
+    assert_eq!((rows, app.outbox_rows().await), (0, 0));
 }
 
 #[tokio::test]

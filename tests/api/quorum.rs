@@ -151,11 +151,7 @@ async fn a_timer_nacked_by_a_full_quorum_cache_queue_keeps_its_outbox_row_until_
             .await;
     }
     let drained = eventually(Duration::from_secs(10), || async {
-        sqlx::query_scalar::<_, i64>("select count(*) from outbox")
-            .fetch_one(&app.pool)
-            .await
-            .expect("outbox")
-            == 0
+        app.outbox_rows().await == 0
     })
     .await;
     assert!(drained, "the outbox never drained");

@@ -303,17 +303,7 @@ async fn an_order_created_while_the_broker_is_unreachable_is_still_cancelled() {
     // The same database with the real broker: the outbox delivers the timer, late.
     let _fixed = app.spawn_instance(|_| {}).await;
     app.wait_for_order_status(&id, "cancelled", WITHIN).await;
-    let backlog: i64 = sqlx::query_scalar("select count(*) from outbox")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    let drained = eventually(WITHIN, || async {
-        sqlx::query_scalar::<_, i64>("select count(*) from outbox")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap()
-            == 0
-    })
-    .await;
+    let backlog = app.outbox_rows().await;
+    let drained = eventually(WITHIN, || async { app.outbox_rows().await == 0 }).await;
     assert!(drained, "outbox backlog {backlog} never drained");
 }
