@@ -22,7 +22,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -419,17 +418,18 @@ impl Relay {
 
 fn count(rows: &[Pending], published: &[i64]) {
     let published: HashSet<i64> = published.iter().copied().collect();
+    let (mut timers, mut events) = (0, 0);
     for row in rows.iter().filter(|row| published.contains(&row.id)) {
         if row.timer_bucket.is_some() {
-            metrics::counter!("order_timeout_outbox_published_total", "topic" => "timer")
-                .increment(1);
+            timers += 1;
         }
         if let Some(key) = &row.event_key {
-            metrics::counter!("order_timeout_outbox_published_total", "topic" => "event")
-                .increment(1);
+            events += 1;
             tracing::debug!(entity_id = %row.entity_id, key = %key, "event published");
         }
     }
+    metrics::counter!("order_timeout_outbox_published_total", "topic" => "timer").increment(timers);
+    metrics::counter!("order_timeout_outbox_published_total", "topic" => "event").increment(events);
 }
 
 /// Where and how one message is published.
@@ -477,7 +477,7 @@ fn plans(broker: &Broker, row: &Pending, timer_to_due: bool) -> Vec<Plan> {
         plans.push(Plan {
             exchange: broker.topology().events_exchange.clone(),
             routing_key: key.clone(),
-            body: serde_json::to_vec(payload).unwrap_or_default(),
+            body: payload.as_bytes().to_vec(),
             properties: Properties {
                 message_id: Some(format!("{key}:{}", row.entity_id)),
                 ..base
@@ -494,18 +494,18 @@ fn timer_plan(
     broker: &Broker,
     row: &Pending,
     bucket: &str,
-    body: &Value,
+    body: &str,
     base: Properties,
     to_due: bool,
 ) -> Plan {
     let topology = broker.topology();
-    let ms_left = row.ms_left.unwrap_or(0).max(0);
+    let ms_left = row.ms_left_now().unwrap_or(0);
     let properties = Properties {
         message_id: Some(row.entity_id.to_string()),
         headers: Some(Headers::default()),
         ..base
     };
-    let body = serde_json::to_vec(body).unwrap_or_default();
+    let body = body.as_bytes().to_vec();
     if ms_left == 0 || to_due {
         // Already due (published late, after an outage), or its bucket is missing: straight
         // to the due queue instead of waiting behind younger timers in the cache bucket.

@@ -160,30 +160,58 @@ pub struct Pending {
     pub entity_id: Uuid,
     /// The timer's cache bucket; null when the row carries no timer.
     pub timer_bucket: Option<String>,
-    /// The timer message's body.
-    pub timer_body: Option<Value>,
-    /// For a timer: milliseconds until its deadline in database time, at least 0.
+    /// The timer message's body: the stored JSON as PostgreSQL renders it, published as
+    /// it is (parsing and re-encoding it cost the relay more than anything else it does
+    /// per row).
+    pub timer_body: Option<String>,
+    /// For a timer: milliseconds until its deadline in database time when the row was
+    /// read, at least 0; [`Pending::ms_left_now`] is what is left when it is published.
     pub ms_left: Option<i64>,
+    /// When the read returned, so the time spent between reading and publishing is taken
+    /// off the timer's TTL instead of being added to the cancel's lateness.
+    #[sqlx(skip)]
+    pub read_at: Option<std::time::Instant>,
     /// The event's routing key; null when the row carries no event.
     pub event_key: Option<String>,
-    /// The event's body.
-    pub payload: Option<Value>,
+    /// The event's body, the stored JSON as text like `timer_body`.
+    pub payload: Option<String>,
+}
+
+impl Pending {
+    /// For a timer: milliseconds until its deadline now, at least 0. Never shorter than
+    /// the truth (the time left was rounded up on the database's clock when the row was
+    /// produced, and only whole milliseconds elapsed since the read returned are taken
+    /// off), so a timer is never early.
+    pub fn ms_left_now(&self) -> Option<i64> {
+        let elapsed = self.read_at.map_or(0, |at| {
+            i64::try_from(at.elapsed().as_millis()).unwrap_or(i64::MAX)
+        });
+        self.ms_left.map(|ms| ms.saturating_sub(elapsed).max(0))
+    }
 }
 
 /// Reads up to `limit` rows with an id above `after`, in id order, without locking
 /// them. The relay pages through the outbox this way, so rows it cannot publish never
-/// hide the rows behind them.
+/// hide the rows behind them. Each timer's time left is taken on the clock as its row is
+/// produced (`clock_timestamp()`, not the statement's start), so a slow read does not
+/// make timers late.
 pub async fn read(pool: &PgPool, limit: i64, after: i64) -> Result<Vec<Pending>, StoreError> {
-    Ok(sqlx::query_as::<_, Pending>(
-        "select id, entity_id, timer_bucket, timer_body, event_key, payload,
-                greatest(0, ceil(extract(epoch from (due_at - now())) * 1000))::bigint as ms_left
+    let mut rows = sqlx::query_as::<_, Pending>(
+        "select id, entity_id, timer_bucket, timer_body::text, event_key, payload::text,
+                greatest(0, ceil(extract(epoch from (due_at - clock_timestamp())) * 1000))::bigint
+                    as ms_left
          from outbox where id > $2
          order by id limit $1",
     )
     .bind(limit)
     .bind(after)
     .fetch_all(pool)
-    .await?)
+    .await?;
+    let read_at = std::time::Instant::now();
+    for row in &mut rows {
+        row.read_at = Some(read_at);
+    }
+    Ok(rows)
 }
 
 /// Deletes rows the broker confirmed, in one statement.
@@ -265,6 +293,61 @@ mod tests {
     use crate::store::expiry;
     use crate::store::idempotency::IdempotencyKey;
     use crate::store::testdb::{drop_scratch, scratch};
+
+    fn pending(ms_left: Option<i64>, read_ago: Duration) -> super::Pending {
+        super::Pending {
+            id: 1,
+            entity_id: Uuid::nil(),
+            timer_bucket: Some("order.2000".into()),
+            timer_body: Some("{}".into()),
+            ms_left,
+            read_at: std::time::Instant::now().checked_sub(read_ago),
+            event_key: None,
+            payload: None,
+        }
+    }
+
+    #[test]
+    fn the_time_spent_since_the_read_is_taken_off_a_timers_ttl_but_never_below_zero() {
+        let left = pending(Some(2000), Duration::from_millis(30)).ms_left_now();
+        assert!(
+            left.is_some_and(|ms| (1900..=1970).contains(&ms)),
+            "{left:?}"
+        );
+        assert_eq!(
+            pending(Some(20), Duration::from_millis(50)).ms_left_now(),
+            Some(0)
+        );
+        assert_eq!(pending(None, Duration::ZERO).ms_left_now(), None);
+    }
+
+    #[tokio::test]
+    async fn the_relay_reads_stored_json_as_text_that_parses_to_the_same_document() {
+        let (pool, name) = scratch().await;
+        let id = Uuid::now_v7();
+        let body = json!({"kind": "order", "id": id, "note": "ä \"quoted\""});
+        sqlx::query(
+            "insert into outbox (entity_id, timer_bucket, due_at, timer_body, event_key, payload)
+             values ($1, 'order.2000', now() + interval '2 seconds', $2, 'order.created', $2)",
+        )
+        .bind(id)
+        .bind(&body)
+        .execute(&pool)
+        .await
+        .unwrap();
+        let rows = super::read(&pool, 10, 0).await.unwrap();
+        let row = rows.iter().find(|row| row.entity_id == id).unwrap();
+        for text in [&row.timer_body, &row.payload] {
+            let parsed: Value = serde_json::from_str(text.as_deref().unwrap()).unwrap();
+            assert_eq!(parsed, body);
+        }
+        assert!(
+            row.ms_left.is_some_and(|ms| (1000..=2000).contains(&ms)),
+            "{:?}",
+            row.ms_left
+        );
+        drop_scratch(pool, &name).await;
+    }
 
     async fn event(pool: &PgPool, key: &str, id: Uuid) -> Value {
         sqlx::query_scalar("select payload from outbox where event_key = $1 and entity_id = $2")
