@@ -17,7 +17,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::load;
+use super::load::{self, Latency};
 use order_timeout::broker::PERSISTENT;
 
 /// Messages published between two waits for confirms.
@@ -186,4 +186,161 @@ async fn publish(
         }
     }
     Ok(())
+}
+
+/// Figures of the broker-only lateness run.
+#[derive(Debug, Clone, Serialize)]
+pub struct BrokerLateness {
+    /// Messages published.
+    pub messages: u64,
+    /// The rate they were published at, per second.
+    pub rate: u64,
+    /// Each message's TTL, in milliseconds.
+    pub ttl_ms: u64,
+    /// From each message's deadline (its publish plus its TTL) to its delivery.
+    pub lateness: Latency,
+}
+
+/// The lateness phase's baseline: `count` persistent messages published at `rate` per
+/// second into a durable queue with a per-message TTL, dead-lettered into a second queue
+/// whose consumer (the service's prefetch) notes how long after its deadline each arrived,
+/// on this process's monotonic clock. No database, no service: how late RabbitMQ alone
+/// delivers deadlines at this rate on this machine.
+pub async fn lateness(
+    amqp_url: &str,
+    prefix: &str,
+    count: u64,
+    rate: u64,
+    ttl: Duration,
+    prefetch: u16,
+) -> anyhow::Result<BrokerLateness> {
+    let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    let (waiting, due) = (
+        format!("{prefix}.bench.lateness.waiting"),
+        format!("{prefix}.bench.lateness.due"),
+    );
+    declare(&channel, &waiting, &due).await?;
+    let result = lateness_run(
+        &connection,
+        &channel,
+        &waiting,
+        &due,
+        count,
+        rate,
+        ttl,
+        prefetch,
+    )
+    .await;
+    for queue in [&waiting, &due] {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = connection.close(200, "bench done".into()).await;
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn lateness_run(
+    connection: &Connection,
+    channel: &Channel,
+    waiting: &str,
+    due: &str,
+    count: u64,
+    rate: u64,
+    ttl: Duration,
+    prefetch: u16,
+) -> anyhow::Result<BrokerLateness> {
+    let base = Instant::now();
+    let consuming = connection.create_channel().await?;
+    consuming
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let consumer = consuming
+        .basic_consume(
+            due.into(),
+            "bench-lateness-baseline".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let bar = load::bar(
+        "broker",
+        &format!("{count} deadlines at {rate}/s, RabbitMQ alone"),
+        count,
+    );
+    let receiving = tokio::spawn({
+        let bar = bar.clone();
+        async move {
+            let mut histogram = load::histogram();
+            let mut chunks = consumer.ready_chunks(usize::from(prefetch));
+            let limit = base
+                + ttl
+                + Duration::from_secs_f64(count as f64 / rate.max(1) as f64)
+                + Duration::from_secs(60);
+            while (histogram.len()) < count {
+                let Ok(Some(chunk)) = tokio::time::timeout_at(limit, chunks.next()).await else {
+                    break;
+                };
+                let arrived = Instant::now();
+                let mut last = None;
+                for delivery in chunk.iter().filter_map(|d| d.as_ref().ok()) {
+                    let deadline_us = delivery
+                        .data
+                        .get(..8)
+                        .and_then(|b| b.try_into().ok())
+                        .map(u64::from_le_bytes)
+                        .unwrap_or(0);
+                    let deadline = base + Duration::from_micros(deadline_us);
+                    load::record(&mut histogram, arrived.saturating_duration_since(deadline));
+                    last = Some(delivery.delivery_tag);
+                }
+                if let Some(last) = last {
+                    consuming
+                        .basic_ack(last, BasicAckOptions { multiple: true })
+                        .await?;
+                }
+                bar.set_position(histogram.len());
+            }
+            anyhow::Ok(histogram)
+        }
+    });
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let ttl_ms = ttl.as_millis().max(1);
+    let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let mut confirms = Vec::with_capacity(count as usize);
+    for n in 0..count {
+        tokio::time::sleep_until(base + period.mul_f64(n as f64)).await;
+        // The TTL starts when the broker takes the message, a moment after this.
+        let deadline = base.elapsed() + ttl;
+        let body = (deadline.as_micros() as u64).to_le_bytes();
+        let properties = BasicProperties::default()
+            .with_delivery_mode(PERSISTENT)
+            .with_expiration(ttl_ms.to_string().into());
+        confirms.push(
+            channel
+                .basic_publish(
+                    "".into(),
+                    waiting.into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties,
+                )
+                .await?,
+        );
+    }
+    for confirm in confirms {
+        confirm.await?;
+    }
+    let histogram = receiving.await??;
+    bar.finish();
+    Ok(BrokerLateness {
+        messages: count,
+        rate,
+        ttl_ms: ttl_ms as u64,
+        lateness: Latency::of(&histogram),
+    })
 }

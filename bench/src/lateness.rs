@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::Sizes;
+use super::broker::{self, BrokerLateness};
 use super::env::BenchEnv;
 use super::load::{self, Api, Counters, Latency, Throughput};
 use super::outbox::{self, OutboxGrowth};
@@ -46,6 +47,8 @@ pub struct LatenessReport {
     pub counters: Counters,
     /// The outbox's size and rows, sampled while the orders were created.
     pub outbox: OutboxGrowth,
+    /// The same number of deadlines at the same rate and timeout through RabbitMQ alone.
+    pub broker_only: BrokerLateness,
 }
 
 /// Creates the orders at the rate, waits for every cancel, reads the lateness.
@@ -56,6 +59,15 @@ pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<LatenessReport
         );
     }
     let timeout = Duration::from_millis(sizes.lateness_timeout_ms);
+    let broker_only = broker::lateness(
+        env.amqp_url(),
+        env.prefix(),
+        sizes.lateness_orders,
+        sizes.rate,
+        timeout,
+        order_timeout::config::Config::defaults().prefetch,
+    )
+    .await?;
     let service = env.start(timeout).await?;
     let api = load::api(&service.url);
     let before = Counters::read(&api).await;
@@ -91,6 +103,7 @@ pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<LatenessReport
         samples_ms,
         counters,
         outbox,
+        broker_only,
     })
 }
 
