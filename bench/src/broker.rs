@@ -99,18 +99,7 @@ async fn run(
     let started = Instant::now();
     publish(channel, waiting, second, count).await?;
     let publish_s = started.elapsed().as_secs_f64();
-    let consuming = connection.create_channel().await?;
-    consuming
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
-    let consumer = consuming
-        .basic_consume(
-            due.into(),
-            "bench-baseline".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let (consuming, consumer) = consume(connection, due, "bench-baseline", prefetch).await?;
     let bar = load::bar(
         "broker",
         &format!("{count} messages dead-lettered in one second, no database"),
@@ -253,18 +242,8 @@ async fn lateness_run(
     prefetch: u16,
 ) -> anyhow::Result<BrokerLateness> {
     let base = Instant::now();
-    let consuming = connection.create_channel().await?;
-    consuming
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
-    let consumer = consuming
-        .basic_consume(
-            due.into(),
-            "bench-lateness-baseline".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let (consuming, consumer) =
+        consume(connection, due, "bench-lateness-baseline", prefetch).await?;
     let bar = load::bar(
         "broker",
         &format!("{count} deadlines at {rate}/s, RabbitMQ alone"),
@@ -343,4 +322,26 @@ async fn lateness_run(
         ttl_ms: ttl_ms as u64,
         lateness: Latency::of(&histogram),
     })
+}
+
+/// A channel of its own with `prefetch`, consuming `queue` as `tag`.
+async fn consume(
+    connection: &Connection,
+    queue: &str,
+    tag: &str,
+    prefetch: u16,
+) -> lapin::Result<(Channel, lapin::Consumer)> {
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((channel, consumer))
 }
