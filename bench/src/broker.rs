@@ -46,60 +46,95 @@ pub async fn burst(
     lead: Duration,
     prefetch: u16,
 ) -> anyhow::Result<BrokerBaseline> {
-    let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
-    let channel = connection.create_channel().await?;
-    let (waiting, due) = (
-        format!("{prefix}.bench.waiting"),
-        format!("{prefix}.bench.due"),
-    );
-    declare(&channel, &waiting, &due).await?;
-    let result = run(&connection, &channel, &waiting, &due, count, lead, prefetch).await;
-    for queue in [&waiting, &due] {
-        let _ = channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    let _ = connection.close(200, "bench done".into()).await;
+    let queues = Queues::declare(amqp_url, &format!("{prefix}.bench")).await?;
+    let result = run(&queues, count, lead, prefetch).await;
+    queues.remove().await;
     result
 }
 
-async fn declare(channel: &Channel, waiting: &str, due: &str) -> lapin::Result<()> {
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    channel
-        .queue_declare(due.into(), durable, FieldTable::default())
-        .await?;
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString(LongString::from("")),
-    );
-    arguments.insert(
-        "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString(LongString::from(due)),
-    );
-    channel
-        .queue_declare(waiting.into(), durable, arguments)
-        .await?;
-    Ok(())
+/// A baseline's pair of durable queues on a connection of its own: `waiting` holds
+/// messages until their per-message TTL ends, then dead-letters them into `due`.
+struct Queues {
+    connection: Connection,
+    channel: Channel,
+    waiting: String,
+    due: String,
+}
+
+impl Queues {
+    /// Connects and declares `{name}.waiting` and `{name}.due`.
+    async fn declare(amqp_url: &str, name: &str) -> lapin::Result<Self> {
+        let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        let (waiting, due) = (format!("{name}.waiting"), format!("{name}.due"));
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .queue_declare(due.as_str().into(), durable, FieldTable::default())
+            .await?;
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(LongString::from("")),
+        );
+        arguments.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(LongString::from(due.as_str())),
+        );
+        channel
+            .queue_declare(waiting.as_str().into(), durable, arguments)
+            .await?;
+        Ok(Self {
+            connection,
+            channel,
+            waiting,
+            due,
+        })
+    }
+
+    /// A channel of its own with `prefetch`, consuming `due` as `tag`.
+    async fn consume(&self, tag: &str, prefetch: u16) -> lapin::Result<(Channel, lapin::Consumer)> {
+        let channel = self.connection.create_channel().await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                self.due.as_str().into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok((channel, consumer))
+    }
+
+    /// Deletes both queues and closes the connection; failures are ignored (the bench's
+    /// prefix is removed at the end anyway).
+    async fn remove(self) {
+        for queue in [&self.waiting, &self.due] {
+            let _ = self
+                .channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = self.connection.close(200, "bench done".into()).await;
+    }
 }
 
 async fn run(
-    connection: &Connection,
-    channel: &Channel,
-    waiting: &str,
-    due: &str,
+    queues: &Queues,
     count: u64,
     lead: Duration,
     prefetch: u16,
 ) -> anyhow::Result<BrokerBaseline> {
     let second = Instant::now() + lead;
     let started = Instant::now();
-    publish(channel, waiting, second, count).await?;
+    publish(&queues.channel, &queues.waiting, second, count).await?;
     let publish_s = started.elapsed().as_secs_f64();
-    let (consuming, consumer) = consume(connection, due, "bench-baseline", prefetch).await?;
+    let (consuming, consumer) = queues.consume("bench-baseline", prefetch).await?;
     let bar = load::bar(
         "broker",
         &format!("{count} messages dead-lettered in one second, no database"),
@@ -203,47 +238,21 @@ pub async fn lateness(
     ttl: Duration,
     prefetch: u16,
 ) -> anyhow::Result<BrokerLateness> {
-    let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
-    let channel = connection.create_channel().await?;
-    let (waiting, due) = (
-        format!("{prefix}.bench.lateness.waiting"),
-        format!("{prefix}.bench.lateness.due"),
-    );
-    declare(&channel, &waiting, &due).await?;
-    let result = lateness_run(
-        &connection,
-        &channel,
-        &waiting,
-        &due,
-        count,
-        rate,
-        ttl,
-        prefetch,
-    )
-    .await;
-    for queue in [&waiting, &due] {
-        let _ = channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    let _ = connection.close(200, "bench done".into()).await;
+    let queues = Queues::declare(amqp_url, &format!("{prefix}.bench.lateness")).await?;
+    let result = lateness_run(&queues, count, rate, ttl, prefetch).await;
+    queues.remove().await;
     result
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn lateness_run(
-    connection: &Connection,
-    channel: &Channel,
-    waiting: &str,
-    due: &str,
+    queues: &Queues,
     count: u64,
     rate: u64,
     ttl: Duration,
     prefetch: u16,
 ) -> anyhow::Result<BrokerLateness> {
     let base = Instant::now();
-    let (consuming, consumer) =
-        consume(connection, due, "bench-lateness-baseline", prefetch).await?;
+    let (consuming, consumer) = queues.consume("bench-lateness-baseline", prefetch).await?;
     let bar = load::bar(
         "broker",
         &format!("{count} deadlines at {rate}/s, RabbitMQ alone"),
@@ -258,7 +267,7 @@ async fn lateness_run(
                 + ttl
                 + Duration::from_secs_f64(count as f64 / rate.max(1) as f64)
                 + Duration::from_secs(60);
-            while (histogram.len()) < count {
+            while histogram.len() < count {
                 let Ok(Some(chunk)) = tokio::time::timeout_at(limit, chunks.next()).await else {
                     break;
                 };
@@ -285,6 +294,7 @@ async fn lateness_run(
             anyhow::Ok(histogram)
         }
     });
+    let channel = &queues.channel;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
@@ -303,7 +313,7 @@ async fn lateness_run(
             channel
                 .basic_publish(
                     "".into(),
-                    waiting.into(),
+                    queues.waiting.as_str().into(),
                     BasicPublishOptions::default(),
                     &body,
                     properties,
@@ -322,26 +332,4 @@ async fn lateness_run(
         ttl_ms: ttl_ms as u64,
         lateness: Latency::of(&histogram),
     })
-}
-
-/// A channel of its own with `prefetch`, consuming `queue` as `tag`.
-async fn consume(
-    connection: &Connection,
-    queue: &str,
-    tag: &str,
-    prefetch: u16,
-) -> lapin::Result<(Channel, lapin::Consumer)> {
-    let channel = connection.create_channel().await?;
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
-    let consumer = channel
-        .basic_consume(
-            queue.into(),
-            tag.into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    Ok((channel, consumer))
 }
