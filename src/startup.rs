@@ -19,6 +19,7 @@ use crate::domain::EntityKind;
 use crate::liveness::{Liveness, Loop};
 use crate::retry::DeliveryRouter;
 use crate::store::deadlines::FirstTimer;
+use crate::store::held::HeldConnections;
 use crate::store::{self, CallLimit};
 use crate::sweeper::Sweeper;
 use crate::timeouts::DueConsumer;
@@ -139,7 +140,7 @@ impl Application {
             shutdown.clone(),
         ));
         let consumer = DueConsumer {
-            pool: pool.clone(),
+            connections: Arc::new(HeldConnections::new(pool.clone())),
             broker: broker.clone(),
             delivery_router: Arc::new(DeliveryRouter {
                 pool: pool.clone(),

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::StreamExt;
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -23,6 +22,7 @@ use crate::domain::{EntityKind, TimerMessage};
 use crate::liveness::Heartbeat;
 use crate::retry::{DeliveryRouter, Disposition};
 use crate::store::expiry::{self, Fate};
+use crate::store::held::HeldConnections;
 use crate::store::{CallLimit, StoreError};
 
 use self::acks::AckLedger;
@@ -30,8 +30,9 @@ use self::acks::AckLedger;
 /// What the consumer needs, shared by its concurrent handlers.
 #[derive(Clone)]
 pub struct DueConsumer {
-    /// Where the entities live.
-    pub pool: PgPool,
+    /// Where the entities live: connections kept from one batch to the next, so a
+    /// cancel pays no pool checks on the path deadlines are measured on.
+    pub connections: Arc<HeldConnections>,
     /// Where the timers live.
     pub broker: Broker,
     /// Sends failed deliveries to their next home.
@@ -142,7 +143,12 @@ impl DueConsumer {
         for (kind, batch) in by_kind {
             let ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
             let remind_before = self.remind_before[kind as usize];
-            let cancelling = expiry::cancel_if_due(&self.pool, kind, &ids, remind_before);
+            let cancelling = async {
+                let mut conn = self.connections.take().await?;
+                let fates = expiry::cancel_if_due(&mut conn, kind, &ids, remind_before).await?;
+                self.connections.keep(conn);
+                Ok::<_, StoreError>(fates)
+            };
             match self.call_limit.run("cancel_due", cancelling).await {
                 Ok(fates) => {
                     split_by_fate(kind, batch, &fates, &mut done, &mut routes);
