@@ -19,7 +19,6 @@ use crate::domain::EntityKind;
 use crate::liveness::{Liveness, Loop};
 use crate::retry::DeliveryRouter;
 use crate::store::deadlines::FirstTimer;
-use crate::store::held::HeldConnections;
 use crate::store::{self, CallLimit};
 use crate::sweeper::Sweeper;
 use crate::timeouts::DueConsumer;
@@ -140,7 +139,7 @@ impl Application {
             shutdown.clone(),
         ));
         let consumer = DueConsumer {
-            connections: Arc::new(HeldConnections::new(pool.clone())),
+            pool: pool.clone(),
             broker: broker.clone(),
             delivery_router: Arc::new(DeliveryRouter {
                 pool: pool.clone(),

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::StreamExt;
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -22,7 +23,6 @@ use crate::domain::{EntityKind, TimerMessage};
 use crate::liveness::Heartbeat;
 use crate::retry::{DeliveryRouter, Disposition};
 use crate::store::expiry::{self, Fate};
-use crate::store::held::HeldConnections;
 use crate::store::{CallLimit, StoreError};
 
 use self::acks::AckLedger;
@@ -30,9 +30,8 @@ use self::acks::AckLedger;
 /// What the consumer needs, shared by its concurrent handlers.
 #[derive(Clone)]
 pub struct DueConsumer {
-    /// Where the entities live: connections kept from one batch to the next, so a
-    /// cancel pays no pool checks on the path deadlines are measured on.
-    pub connections: Arc<HeldConnections>,
+    /// Where the entities live.
+    pub pool: PgPool,
     /// Where the timers live.
     pub broker: Broker,
     /// Sends failed deliveries to their next home.
@@ -143,12 +142,7 @@ impl DueConsumer {
         for (kind, batch) in by_kind {
             let ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
             let remind_before = self.remind_before[kind as usize];
-            let cancelling = async {
-                let mut conn = self.connections.take().await?;
-                let fates = expiry::cancel_if_due(&mut conn, kind, &ids, remind_before).await?;
-                self.connections.keep(conn);
-                Ok::<_, StoreError>(fates)
-            };
+            let cancelling = expiry::cancel_if_due(&self.pool, kind, &ids, remind_before);
             match self.call_limit.run("cancel_due", cancelling).await {
                 Ok(fates) => {
                     split_by_fate(kind, batch, &fates, &mut done, &mut routes);

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
+use sqlx::{AssertSqlSafe, PgPool, Row};
 use uuid::Uuid;
 
 use super::StoreError;
@@ -345,7 +345,7 @@ fn reminder_owed(before: &str) -> String {
 /// `reminded_for` is the dedupe, so duplicate or re-armed timers are harmless. Returns
 /// the ids reminded now.
 pub async fn remind_due<T: Entity>(
-    conn: &mut PgConnection,
+    pool: &PgPool,
     ids: &[Uuid],
     before: Duration,
 ) -> Result<Vec<Uuid>, StoreError> {
@@ -362,7 +362,7 @@ pub async fn remind_due<T: Entity>(
     let reminded: Vec<Uuid> = sqlx::query_scalar(AssertSqlSafe(sql))
         .bind(ids)
         .bind(before.as_millis() as i64)
-        .fetch_all(conn)
+        .fetch_all(pool)
         .await?;
     if !reminded.is_empty() {
         outbox::written();

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use sqlx::{AssertSqlSafe, PgConnection, PgPool};
+use sqlx::{AssertSqlSafe, PgPool};
 use uuid::Uuid;
 
 use super::StoreError;
@@ -52,19 +52,19 @@ pub enum Fate {
 /// With `remind_before`, an early timer whose reminder moment has come writes the
 /// reminder ([`deadlines::remind_due`]) and is re-armed for the next moment to look.
 pub async fn cancel_if_due(
-    conn: &mut PgConnection,
+    pool: &PgPool,
     kind: EntityKind,
     ids: &[Uuid],
     remind_before: Option<Duration>,
 ) -> Result<HashMap<Uuid, Fate>, StoreError> {
     match kind {
-        EntityKind::Order => cancel_if_due_of::<Order>(conn, ids, remind_before).await,
-        EntityKind::Waybill => cancel_if_due_of::<Waybill>(conn, ids, remind_before).await,
+        EntityKind::Order => cancel_if_due_of::<Order>(pool, ids, remind_before).await,
+        EntityKind::Waybill => cancel_if_due_of::<Waybill>(pool, ids, remind_before).await,
     }
 }
 
 async fn cancel_if_due_of<T: Entity>(
-    conn: &mut PgConnection,
+    pool: &PgPool,
     ids: &[Uuid],
     remind_before: Option<Duration>,
 ) -> Result<HashMap<Uuid, Fate>, StoreError> {
@@ -77,7 +77,7 @@ async fn cancel_if_due_of<T: Entity>(
     let cancelled: Vec<(Uuid, i64)> = sqlx::query_as(AssertSqlSafe(sql))
         .bind(ids)
         .bind(T::KIND.timeout_reason())
-        .fetch_all(&mut *conn)
+        .fetch_all(pool)
         .await?;
     if !cancelled.is_empty() {
         outbox::written();
@@ -94,7 +94,7 @@ async fn cancel_if_due_of<T: Entity>(
         .collect();
     if !rest.is_empty() {
         let reminded = match remind_before {
-            Some(before) => deadlines::remind_due::<T>(conn, &rest, before).await?,
+            Some(before) => deadlines::remind_due::<T>(pool, &rest, before).await?,
             None => Vec::new(),
         };
         // The next moment to look again: the reminder's while one is owed and ahead,
@@ -109,7 +109,7 @@ async fn cancel_if_due_of<T: Entity>(
         let found: Vec<(Uuid, bool, i64)> = sqlx::query_as(AssertSqlSafe(lookup))
             .bind(&rest)
             .bind(remind_before.map(|before| before.as_millis() as i64))
-            .fetch_all(&mut *conn)
+            .fetch_all(pool)
             .await?;
         for (id, pending, ms_left) in found {
             let fate = match (pending, reminded.contains(&id)) {

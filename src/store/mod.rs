@@ -8,7 +8,6 @@ pub mod entities;
 pub mod error;
 pub mod expiry;
 pub mod failed;
-pub mod held;
 pub mod idempotency;
 pub mod limit;
 pub mod outbox;

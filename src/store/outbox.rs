@@ -415,14 +415,12 @@ mod tests {
         );
 
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let mut conn = pool.acquire().await.unwrap();
-        expiry::cancel_if_due(&mut conn, EntityKind::Order, &[first.id, second.id], None)
+        expiry::cancel_if_due(&pool, EntityKind::Order, &[first.id, second.id], None)
             .await
             .unwrap();
-        expiry::cancel_if_due(&mut conn, EntityKind::Waybill, &[waybill.id], None)
+        expiry::cancel_if_due(&pool, EntityKind::Waybill, &[waybill.id], None)
             .await
             .unwrap();
-        drop(conn);
         for id in [first.id, second.id] {
             let cancelled: Order = entities::get(&pool, id).await.unwrap().unwrap();
             assert_eq!(
