@@ -13,7 +13,7 @@ use lapin::options::{
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, PublisherConfirm};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -86,12 +86,32 @@ impl Queues {
         channel
             .queue_declare(waiting.as_str().into(), durable, arguments)
             .await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         Ok(Self {
             connection,
             channel,
             waiting,
             due,
         })
+    }
+
+    /// Publishes one persistent message into `waiting` that expires after `ttl_ms`; the
+    /// channel is in confirm mode, and the returned confirm says when the broker has it.
+    async fn publish_expiring(&self, body: &[u8], ttl_ms: u128) -> lapin::Result<PublisherConfirm> {
+        let properties = BasicProperties::default()
+            .with_delivery_mode(PERSISTENT)
+            .with_expiration(ttl_ms.to_string().into());
+        self.channel
+            .basic_publish(
+                "".into(),
+                self.waiting.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
     }
 
     /// A channel of its own with `prefetch`, consuming `due` as `tag`.
@@ -132,7 +152,7 @@ async fn run(
 ) -> anyhow::Result<BrokerBaseline> {
     let second = Instant::now() + lead;
     let started = Instant::now();
-    publish(&queues.channel, &queues.waiting, second, count).await?;
+    publish(queues, second, count).await?;
     let publish_s = started.elapsed().as_secs_f64();
     let (consuming, consumer) = queues.consume("bench-baseline", prefetch).await?;
     let bar = load::bar(
@@ -174,15 +194,7 @@ async fn run(
 }
 
 /// Publishes `count` persistent messages expiring evenly over the second at `second`.
-async fn publish(
-    channel: &Channel,
-    queue: &str,
-    second: Instant,
-    count: u64,
-) -> anyhow::Result<()> {
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+async fn publish(queues: &Queues, second: Instant, count: u64) -> anyhow::Result<()> {
     let body = br#"{"kind":"order","id":"00000000-0000-0000-0000-000000000000"}"#;
     let mut n = 0;
     while n < count {
@@ -193,16 +205,7 @@ async fn publish(
                 .saturating_duration_since(Instant::now())
                 .as_millis()
                 .max(1);
-            let properties = BasicProperties::default()
-                .with_delivery_mode(PERSISTENT)
-                .with_expiration(ms_left.to_string().into());
-            confirms.push(channel.basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            ));
+            confirms.push(queues.publish_expiring(body, ms_left));
             n += 1;
         }
         for confirm in futures_util::future::try_join_all(confirms).await? {
@@ -294,10 +297,6 @@ async fn lateness_run(
             anyhow::Ok(histogram)
         }
     });
-    let channel = &queues.channel;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
     let ttl_ms = ttl.as_millis().max(1);
     let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
     let mut confirms = Vec::with_capacity(count as usize);
@@ -306,20 +305,7 @@ async fn lateness_run(
         // The TTL starts when the broker takes the message, a moment after this.
         let deadline = base.elapsed() + ttl;
         let body = (deadline.as_micros() as u64).to_le_bytes();
-        let properties = BasicProperties::default()
-            .with_delivery_mode(PERSISTENT)
-            .with_expiration(ttl_ms.to_string().into());
-        confirms.push(
-            channel
-                .basic_publish(
-                    "".into(),
-                    queues.waiting.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    properties,
-                )
-                .await?,
-        );
+        confirms.push(queues.publish_expiring(&body, ttl_ms).await?);
     }
     for confirm in confirms {
         confirm.await?;
