@@ -121,7 +121,10 @@ impl Application {
             pool: pool.clone(),
             broker: broker.clone(),
             config: config.clone(),
-            creates: store::batcher::Creates::start(&pool),
+            creates: store::batcher::Creates::start(
+                &pool,
+                CallLimit(config.database_request_timeout),
+            ),
             metrics: telemetry::metrics_handle(),
             liveness: liveness.clone(),
             auth_throttle: Arc::new(api::AuthThrottle::new(

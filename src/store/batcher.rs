@@ -8,14 +8,20 @@
 //!
 //! A batch that fails is never allowed to turn a valid request into an error it did not
 //! earn: each of its requests is then written again on its own, and gets that answer.
+//!
+//! The writer is one task per kind, so a write that never ends would stop every create
+//! of that kind: each write is bounded by `DATABASE_REQUEST_TIMEOUT`, the time its
+//! callers wait for their answers anyway. A connection that stops answering mid-batch
+//! (a failover that black-holes it) costs the requests of that one batch a 503, and the
+//! next batch goes out on another connection.
 
 use std::collections::VecDeque;
 
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::StoreError;
 use super::entities::{self, CreateError, CreateRequest, Created, NewEntity};
+use super::{CallLimit, StoreError};
 use crate::domain::{NewOrder, NewWaybill};
 
 /// Most requests written in one batch: bounds the statement's size and the time the
@@ -52,10 +58,10 @@ impl<N: NewEntity> Clone for Batcher<N> {
 }
 
 impl<N: NewEntity> Batcher<N> {
-    /// Starts the writer task on the current runtime.
-    pub fn start(pool: PgPool) -> Self {
+    /// Starts the writer task on the current runtime; `limit` bounds each write.
+    pub fn start(pool: PgPool, limit: CallLimit) -> Self {
         let (jobs, queue) = mpsc::channel(QUEUE);
-        tokio::spawn(write_batches(pool, queue));
+        tokio::spawn(write_batches(pool, limit, queue));
         Self { jobs }
     }
 
@@ -73,7 +79,11 @@ impl<N: NewEntity> Batcher<N> {
 
 /// The writer: takes every request queued (up to [`MAX_BATCH`]), writes them as one
 /// batch, answers, and starts again with what queued meanwhile.
-async fn write_batches<N: NewEntity>(pool: PgPool, mut queue: mpsc::Receiver<Job<N>>) {
+async fn write_batches<N: NewEntity>(
+    pool: PgPool,
+    limit: CallLimit,
+    mut queue: mpsc::Receiver<Job<N>>,
+) {
     // Requests whose idempotency key is already in the batch being formed: they wait for
     // the next one, where they see the first request's committed key.
     let mut deferred: VecDeque<Job<N>> = VecDeque::new();
@@ -105,12 +115,12 @@ async fn write_batches<N: NewEntity>(pool: PgPool, mut queue: mpsc::Receiver<Job
             }
         }
         deferred.extend(later);
-        write(&pool, batch).await;
+        write(&pool, limit, batch).await;
     }
 }
 
 /// Writes one batch and answers every request in it (a caller that gave up is left out).
-async fn write<N: NewEntity>(pool: &PgPool, batch: Vec<Job<N>>) {
+async fn write<N: NewEntity>(pool: &PgPool, limit: CallLimit, batch: Vec<Job<N>>) {
     let (requests, replies): (Vec<_>, Vec<_>) = batch
         .into_iter()
         .filter(|job| !job.reply.is_closed())
@@ -120,7 +130,7 @@ async fn write<N: NewEntity>(pool: &PgPool, batch: Vec<Job<N>>) {
         return;
     }
     metrics::histogram!("order_timeout_create_batch_size").record(requests.len() as f64);
-    let answers = answer_batch(pool, requests).await;
+    let answers = answer_batch(pool, limit, requests).await;
     let mut answers = answers.into_iter();
     for reply in replies {
         // A caller that gave up meanwhile (its request timed out) no longer listens.
@@ -130,36 +140,53 @@ async fn write<N: NewEntity>(pool: &PgPool, batch: Vec<Job<N>>) {
 
 /// Writes the requests as one batch and returns each one's answer, in order. When the
 /// batch fails, each request is written again alone and gets that answer, so a failure
-/// caused by one request (or by the batch) is not passed on to the others.
+/// caused by one request (or by the batch) is not passed on to the others. A batch past
+/// `limit` is not written again: whether it committed is unknown (its answer may have
+/// been lost on the way), so each request gets the time-out, which the API answers
+/// with a 503 that claims nothing about the outcome; a client's retry with its
+/// `Idempotency-Key` then finds out.
 pub async fn answer_batch<N: NewEntity>(
     pool: &PgPool,
+    limit: CallLimit,
     requests: Vec<CreateRequest<N>>,
 ) -> Vec<Answer<N::Entity>> {
-    if requests.len() == 1 {
-        return match entities::create_batch(pool, requests).await {
-            Ok(answers) => answers,
-            Err(error) => vec![Err(error.into())],
-        };
-    }
+    let size = requests.len();
     // The batch consumes the requests: keep copies to write each one alone.
-    let copies: Vec<CreateRequest<N>> = requests
-        .iter()
-        .map(|r| CreateRequest {
-            new: r.new.clone(),
-            timer: r.timer,
-            key: r.key.clone(),
-        })
-        .collect();
-    match entities::create_batch(pool, requests).await {
-        Ok(answers) => answers,
-        Err(error) => {
-            tracing::warn!(%error, size = copies.len(), "create batch failed, writing each request alone");
-            let alone = copies
-                .into_iter()
-                .map(|r| entities::create(pool, r.new, r.timer, r.key));
-            futures_util::future::join_all(alone).await
-        }
+    let copies: Vec<CreateRequest<N>> = if size > 1 {
+        requests
+            .iter()
+            .map(|r| CreateRequest {
+                new: r.new.clone(),
+                timer: r.timer,
+                key: r.key.clone(),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let error = match limit
+        .run("create_batch", entities::create_batch(pool, requests))
+        .await
+    {
+        Ok(answers) => return answers,
+        Err(error) => error,
+    };
+    if size == 1 {
+        return vec![Err(error.into())];
     }
+    if let StoreError::TimedOut(after) = error {
+        return (0..size)
+            .map(|_| Err(CreateError::Store(StoreError::TimedOut(after))))
+            .collect();
+    }
+    tracing::warn!(%error, size, "create batch failed, writing each request alone");
+    let alone = copies.into_iter().map(|r| {
+        limit.run(
+            "create_batch",
+            entities::create(pool, r.new, r.timer, r.key),
+        )
+    });
+    futures_util::future::join_all(alone).await
 }
 
 fn lost() -> CreateError {
@@ -176,11 +203,12 @@ pub struct Creates {
 }
 
 impl Creates {
-    /// Starts one writer per kind on the current runtime.
-    pub fn start(pool: &PgPool) -> Self {
+    /// Starts one writer per kind on the current runtime; `limit` bounds each write
+    /// (`DATABASE_REQUEST_TIMEOUT`).
+    pub fn start(pool: &PgPool, limit: CallLimit) -> Self {
         Self {
-            orders: Batcher::start(pool.clone()),
-            waybills: Batcher::start(pool.clone()),
+            orders: Batcher::start(pool.clone(), limit),
+            waybills: Batcher::start(pool.clone(), limit),
         }
     }
 }
@@ -212,7 +240,7 @@ mod tests {
     use crate::store::deadlines::FirstTimer;
 
     use serde_json::json;
-    use sqlx::PgPool;
+    use sqlx::{Connection, PgPool};
 
     use super::*;
     use crate::domain::Order;
@@ -220,6 +248,8 @@ mod tests {
     use crate::store::testdb::{drop_scratch, scratch};
 
     const TIMEOUT: Duration = Duration::from_secs(60);
+    /// Far beyond any healthy write: only the test that is about the limit meets it.
+    const LIMIT: CallLimit = CallLimit(Duration::from_secs(30));
 
     fn order(customer: &str) -> NewOrder {
         NewOrder::parse(&json!({"customer_id": customer, "amount_cents": 100, "currency": "EUR"}))
@@ -248,6 +278,7 @@ mod tests {
         // Earlier requests: key "same" with body "alice", key "other" with body "bob".
         let earlier = answer_batch(
             &pool,
+            LIMIT,
             vec![
                 request("alice", Some("same")),
                 request("bob", Some("other")),
@@ -258,6 +289,7 @@ mod tests {
 
         let answers = answer_batch(
             &pool,
+            LIMIT,
             vec![
                 request("carol", None),
                 request("alice", Some("same")), // same key, same body: replay
@@ -306,6 +338,7 @@ mod tests {
         }
         let answers = answer_batch(
             &pool,
+            LIMIT,
             vec![
                 request("first", None),
                 request("poison", None),
@@ -338,7 +371,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_requests_with_one_key_get_one_order_and_conflicts_get_422() {
         let (pool, name) = scratch().await;
-        let batcher: Batcher<NewOrder> = Batcher::start(pool.clone());
+        let batcher: Batcher<NewOrder> = Batcher::start(pool.clone(), LIMIT);
         // Sent together, so they queue while the first write is in flight: the same key
         // twice in what would be one batch, plus a reuse with another body.
         let requests = vec![
@@ -368,6 +401,64 @@ mod tests {
             .count();
         assert_eq!((made.len(), reused), (4, 1), "{answers:?}");
         assert_eq!(count(&pool, "orders").await, 3);
+        drop(batcher);
+        drop_scratch(pool, &name).await;
+    }
+
+    #[tokio::test]
+    async fn a_write_past_its_limit_answers_each_request_with_the_time_out_and_the_writer_goes_on()
+    {
+        let (pool, name) = scratch().await;
+        // Another transaction holds two keys, so a batch claiming either waits.
+        let mut holder = pool.begin().await.expect("begin");
+        sqlx::query(
+            "insert into idempotency_keys (scope, key, request_hash, entity_id)
+             values ('orders', 'held-1', '\\x00', gen_random_uuid()),
+                    ('orders', 'held-2', '\\x00', gen_random_uuid())",
+        )
+        .execute(&mut *holder)
+        .await
+        .expect("hold the key");
+        let limit = CallLimit(Duration::from_millis(300));
+        let batcher: Batcher<NewOrder> = Batcher::start(pool.clone(), limit);
+        let stuck = [
+            request("first", Some("held-1")),
+            request("second", Some("held-2")),
+        ]
+        .map(|r| batcher.create(r));
+        let answers = futures_util::future::join_all(stuck).await;
+        for answer in &answers {
+            assert!(
+                matches!(answer, Err(CreateError::Store(StoreError::TimedOut(d))) if *d == limit.0),
+                "{answers:?}"
+            );
+        }
+        holder.rollback().await.expect("release the key");
+
+        // Every later create is committed: seen from a session outside the pool, so
+        // none was written into a transaction the given-up batch left open.
+        for customer in ["next-1", "next-2", "next-3"] {
+            let made = batcher
+                .create(request(customer, None))
+                .await
+                .expect("the writer takes the next batch");
+            assert_eq!(made.entity.customer_id, customer);
+        }
+        let mut outside = sqlx::PgConnection::connect_with(&pool.connect_options())
+            .await
+            .expect("a session of its own");
+        let customers: Vec<String> =
+            sqlx::query_scalar("select customer_id from orders order by customer_id")
+                .fetch_all(&mut outside)
+                .await
+                .expect("orders");
+        assert_eq!(
+            customers,
+            ["next-1", "next-2", "next-3"],
+            "every create answered is committed, and the batch given up was neither \
+             committed nor written again request by request"
+        );
+        outside.close().await.expect("close");
         drop(batcher);
         drop_scratch(pool, &name).await;
     }

@@ -8,7 +8,7 @@ use std::sync::LazyLock;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::postgres::PgRow;
-use sqlx::{AssertSqlSafe, FromRow, PgConnection, PgPool, Row};
+use sqlx::{AssertSqlSafe, Connection, FromRow, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::StoreError;
@@ -256,22 +256,17 @@ pub async fn create_batch<N: NewEntity>(
 ) -> Result<Vec<Result<Created<N::Entity>, CreateError>>, StoreError> {
     let ids: Vec<Uuid> = requests.iter().map(|_| Uuid::now_v7()).collect();
     let mut conn = pool.acquire().await?;
-    let keyed = requests.iter().any(|r| r.key.is_some());
-    if keyed {
-        sqlx::query("begin").execute(&mut *conn).await?;
-    }
-    let answers = match write_batch(&mut conn, &requests, &ids).await {
-        Ok(answers) => answers,
-        Err(error) => {
-            if keyed {
-                let _ = sqlx::query("rollback").execute(&mut *conn).await;
-            }
-            return Err(error);
-        }
+    let answers = if requests.iter().any(|r| r.key.is_some()) {
+        // sqlx's transaction, not a bare `begin`: if this call is dropped midway (its
+        // time limit), the rollback is queued and sent before the connection is used
+        // again, so no later caller ever writes into a transaction left open.
+        let mut tx = conn.begin().await?;
+        let answers = write_batch(&mut tx, &requests, &ids).await?;
+        tx.commit().await?;
+        answers
+    } else {
+        write_batch(&mut conn, &requests, &ids).await?
     };
-    if keyed {
-        sqlx::query("commit").execute(&mut *conn).await?;
-    }
     if answers.iter().any(|a| matches!(a, Ok(c) if !c.replayed)) {
         outbox::written();
     }

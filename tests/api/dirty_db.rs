@@ -6,13 +6,15 @@
 
 use std::time::Duration;
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::chaos::load::{Load, LoadShape, Outage, init_logs, verify};
-use crate::helpers::{TestApp, eventually, id_of, order_body, poll, via_port};
+use crate::helpers::{
+    TestApp, eventually, expect_error, expect_status, id_of, order_body, poll, via_port,
+};
 use crate::proxy::FaultProxy;
 
 const POSTGRES: &str = "127.0.0.1:5432";
@@ -142,6 +144,83 @@ async fn a_consumer_awaiting_a_black_holed_connection_is_reported_stuck_then_rec
         .await
         .expect("failed");
     assert_eq!(failed, 0);
+}
+
+/// A create batch whose connection is black-holed while PostgreSQL works on it (its
+/// answer never comes back) costs the requests of that batch a 503; the group-commit
+/// writer gives the batch up after `DATABASE_REQUEST_TIMEOUT` instead of waiting for TCP,
+/// and the creates behind it are written on other connections. The client's retry with
+/// its `Idempotency-Key` makes exactly one order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_batch_whose_connection_is_black_holed_costs_its_requests_a_503_and_creates_go_on()
+{
+    init_logs();
+    let proxy = FaultProxy::start(POSTGRES).await;
+    let port = proxy.port();
+    let app = TestApp::spawn_with(|c| {
+        c.database_url = via_port(&c.database_url, port);
+        c.database_request_timeout = Duration::from_secs(2);
+        c.database_lock_timeout = Duration::from_secs(30);
+        c.database_statement_timeout = Duration::from_secs(30);
+        // The server ends the lost batch's open transaction soon, releasing its key.
+        c.database_idle_in_transaction_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let keyed = || {
+        let request = app.request(Method::POST, "/orders").json(&order_body());
+        app.send(request.header("Idempotency-Key", "lost-answer"))
+    };
+
+    // Another transaction holds the key, so the batch waits inside PostgreSQL; the
+    // network goes while it waits, and the answer to its claim goes into the void.
+    let mut holder = app.pool.begin().await.expect("begin");
+    sqlx::query(
+        "insert into idempotency_keys (scope, key, request_hash, entity_id)
+         values ('orders', 'lost-answer', '\\x00', gen_random_uuid())",
+    )
+    .execute(&mut *holder)
+    .await
+    .expect("hold the key");
+    let black_hole = async {
+        let waiting = eventually(Duration::from_secs(10), || async {
+            lock_waiters(&app).await > 0
+        })
+        .await;
+        assert!(waiting, "the create's batch never reached the held key");
+        proxy.black_hole_existing();
+        holder.rollback().await.expect("release the key");
+    };
+    let (lost, ()) = tokio::join!(keyed(), black_hole);
+    expect_error(
+        lost.answer(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "database_unavailable",
+    );
+
+    let created = eventually(Duration::from_secs(20), || async {
+        app.post("/orders", order_body()).await.0 == StatusCode::CREATED
+    })
+    .await;
+    assert!(
+        created,
+        "creates never succeeded again: the writer still waits for the lost batch"
+    );
+    let retried = poll(Duration::from_secs(10), || async {
+        let reply = keyed().await;
+        matches!(reply.status, StatusCode::CREATED | StatusCode::OK).then_some(reply.body)
+    })
+    .await
+    .expect("the retry with the same key never got its order");
+    let again = expect_status(keyed().await.answer(), StatusCode::OK);
+    assert_eq!(again, retried, "a second retry replays the same order");
+    let orders_of_key: i64 = sqlx::query_scalar(
+        "select count(*) from orders o join idempotency_keys k on k.entity_id = o.id
+         where k.key = 'lost-answer'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("count");
+    assert_eq!(orders_of_key, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
