@@ -92,6 +92,15 @@ pub struct Config {
     #[arg(long, env = "PREFETCH", default_value_t = 1024, value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: u16,
 
+    /// Partitions the outbox's entities are split into, one relay lease each (1-256). Each
+    /// instance's relay holds its fair share (the partitions divided by the instances
+    /// running), so several instances publish side by side, and the others take a dead
+    /// instance's partitions over within seconds. An entity's messages all go through
+    /// one partition, so their order is kept. Every instance must use the same count;
+    /// while instances with another count hold leases, the rest publish nothing.
+    #[arg(long, env = "OUTBOX_PARTITIONS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub outbox_partitions: u16,
+
     /// One retry tier per delay; their count is the retry limit.
     #[arg(long, env = "RETRY_DELAYS", default_value = "1s,5s,30s,2m,10m", value_parser = parse_duration, value_delimiter = ',')]
     pub retry_delays: Vec<Duration>,
@@ -248,6 +257,7 @@ impl std::fmt::Debug for Config {
             .field("drain_queue_prefix", &self.drain_queue_prefix)
             .field("consumer_concurrency", &self.consumer_concurrency)
             .field("prefetch", &self.prefetch)
+            .field("outbox_partitions", &self.outbox_partitions)
             .field("retry_delays", &self.retry_delays)
             .field("sweep_interval", &self.sweep_interval)
             .field("sweep_grace", &self.sweep_grace)

@@ -1,11 +1,16 @@
 //! The outbox relay: publishes what committed transactions wrote to the outbox, in id
 //! order, with publisher confirms, and only then deletes the rows (migrations/0004).
 //!
-//! One relay publishes at a time: the one holding the outbox lease, renewed before every
-//! batch. Rows are read without locks, so nothing is locked while the relay waits for the
-//! broker; an instance that dies or freezes (SIGSTOP, a black-holed network) stops
-//! renewing, and another takes the lease over within `LEASE_TTL` plus one poll. A frozen
-//! holder that wakes up renews before it publishes again and finds the lease gone.
+//! The entities are split into `OUTBOX_PARTITIONS` partitions (migrations/0030); each
+//! has a lease, and only its holder publishes its rows, so an entity's rows go out
+//! through one relay, in order. Every relay holds its fair share (the partitions divided
+//! by the relays alive) and renews it every `RENEW_EVERY`; above its share it gives
+//! partitions up so a newcomer gets some. Rows are read without locks, so nothing is
+//! locked while the relay waits for the broker; an instance that dies or freezes
+//! (SIGSTOP, a black-holed network) stops renewing, and the others take its partitions
+//! over within `LEASE_TTL` plus one poll. A relay publishes a page only while its last
+//! renewal is younger than half the lease, so a frozen holder that wakes up renews
+//! first, finds the partitions gone, and drops the page it had read.
 //!
 //! What consumers may rely on: at least once, and per entity in the order the changes
 //! were written (the timer and `created` before `paid`/`cancelled`/`extended`), except
@@ -28,7 +33,7 @@ use uuid::Uuid;
 
 use crate::broker::{Broker, Headers, Outgoing, Properties, PublishError, Publisher};
 use crate::liveness::Heartbeat;
-use crate::store::outbox::{self, Pending};
+use crate::store::outbox::{self, Pending, Share};
 use crate::store::{CallLimit, StoreError};
 
 /// Rows published per batch.
@@ -37,10 +42,11 @@ const BATCH: i64 = 500;
 /// an instance without the lease tries to take it.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a lease lasts unless renewed: a dead holder is replaced within this plus one
-/// poll. Renewed before every batch, so it must exceed one batch's database work.
+/// poll. A page is published only within half of it after the last renewal.
 const LEASE_TTL: Duration = Duration::from_secs(5);
-/// The lease's partition: one relay publishes everything (see migrations/0004).
-const PARTITION: i32 = 0;
+/// How often a relay renews its leases (and rebalances): at the first batch after this
+/// long. Also how long a newcomer waits at most for the partitions given up for it.
+const RENEW_EVERY: Duration = Duration::from_secs(1);
 /// How often the relay counts the backlog for the `order_timeout_outbox_backlog` gauge.
 /// The relay keeps the gauge so `/metrics`, which anyone may call, runs no query.
 const BACKLOG_GAUGE_INTERVAL: Duration = Duration::from_secs(5);
@@ -79,7 +85,7 @@ pub enum RelayError {
 pub enum Step {
     /// Published (and deleted) this many rows.
     Published(usize),
-    /// Another instance holds the lease.
+    /// Other instances hold every partition (or this one holds its fair share of none).
     NotHolder,
     /// No broker connection: nothing was read.
     Disconnected,
@@ -91,10 +97,12 @@ pub struct Relay {
     pool: PgPool,
     /// The broker.
     broker: Broker,
-    /// Who holds the lease: a fresh id per relay.
+    /// Who holds the leases: a fresh id per relay.
     holder: Uuid,
-    /// When the lease was last renewed, by this process's clock (monotonic, so a freeze
-    /// shows as time passed).
+    /// The partitions whose leases it holds, out of how many.
+    share: Share,
+    /// When the leases were last renewed, by this process's clock (monotonic, so a
+    /// freeze shows as time passed); `None` when none are held.
     renewed: Option<Instant>,
     /// Rows that failed to publish on their own, with when to try them again and how
     /// long the next wait is (kept once due, so the wait doubles when it fails again).
@@ -110,18 +118,19 @@ pub struct Relay {
     deleted_since_vacuum: u64,
 }
 
-/// Runs the relay until `shutdown`; the batch in flight finishes first and the lease is
-/// given up, so another instance takes over at once. Each step is bounded by
+/// Runs the relay for a share of `partitions` until `shutdown`; the batch in flight
+/// finishes first and the leases are given up, so the other instances take over at once. Each step is bounded by
 /// `call_limit` (a step past it is dropped; its rows stay in the outbox and are published
 /// again) and marked on `heartbeat`.
 pub async fn run(
     pool: PgPool,
     broker: Broker,
+    partitions: u16,
     call_limit: CallLimit,
     heartbeat: Arc<Heartbeat>,
     shutdown: CancellationToken,
 ) {
-    let mut relay = Relay::new(pool, broker);
+    let mut relay = Relay::new(pool, broker, partitions);
     let mut writes = outbox::writes();
     let mut failing = false;
     let mut gauge_due = tokio::time::Instant::now();
@@ -208,12 +217,16 @@ async fn update_backlog_gauge(pool: &PgPool, call_limit: CallLimit) {
 }
 
 impl Relay {
-    /// A relay with a fresh holder id; it holds no lease yet.
-    pub fn new(pool: PgPool, broker: Broker) -> Self {
+    /// A relay of `partitions` with a fresh holder id; it holds no lease yet.
+    pub fn new(pool: PgPool, broker: Broker, partitions: u16) -> Self {
         Self {
             pool,
             broker,
             holder: Uuid::now_v7(),
+            share: Share {
+                partitions,
+                held: Vec::new(),
+            },
             renewed: None,
             held_back: HashMap::new(),
             cursor: 0,
@@ -222,7 +235,8 @@ impl Relay {
         }
     }
 
-    /// Takes or renews the lease, then reads, publishes and deletes one batch. Its span
+    /// Renews the leases when due, then reads, publishes and deletes one batch of the
+    /// partitions held. Its span
     /// (`relay_batch{rows=N}`) holds the per-row lines, which name the entity.
     #[tracing::instrument(name = "relay_batch", skip_all, fields(rows = tracing::field::Empty))]
     pub async fn step(&mut self) -> Result<Step, RelayError> {
@@ -230,10 +244,12 @@ impl Relay {
             self.renewed = None;
             return Ok(Step::Disconnected);
         }
-        if !self.renew().await? {
+        let renewal_due = self.renewed.is_none_or(|at| at.elapsed() >= RENEW_EVERY);
+        if renewal_due && !self.renew().await? {
             return Ok(Step::NotHolder);
         }
-        let page = outbox::read(&self.pool, BATCH, self.cursor).await?;
+        let share = self.share.clone();
+        let page = outbox::read(&self.pool, &share, BATCH, self.cursor).await?;
         let read = page.len();
         // The page's last id, or `None` at the end of the outbox (the next step starts a
         // new pass from the first row). Applied once the page is handled: a page that
@@ -248,10 +264,10 @@ impl Relay {
             return Ok(Step::Published(read));
         }
         tracing::Span::current().record("rows", rows.len());
-        // Renewed just now, unless this process was frozen since: then another relay may
-        // hold the lease and must not be doubled.
-        if !self.still_holding() && !self.renew().await? {
-            return Ok(Step::NotHolder);
+        // Renewed lately, unless this process was frozen since: then another relay may
+        // hold some of these partitions now and must not be doubled.
+        if !self.still_holding() && (!self.renew().await? || self.share != share) {
+            return Ok(Step::Published(0));
         }
         let (published, handled) = match self.publish_all(&rows).await {
             Ok(()) => (rows.iter().map(|row| row.id).collect(), true),
@@ -320,20 +336,27 @@ impl Relay {
             .retain(|_, (_, retry_at, _)| now.saturating_duration_since(*retry_at) < MAX_BACKOFF);
     }
 
-    /// Gives the lease up.
+    /// Gives the leases up.
     pub async fn release(&self) {
-        if let Err(error) = outbox::release_lease(&self.pool, PARTITION, self.holder).await {
-            tracing::debug!(%error, "outbox lease not released; it expires on its own");
+        if let Err(error) = outbox::release_leases(&self.pool, self.holder).await {
+            tracing::debug!(%error, "outbox leases not released; they expire on their own");
         }
     }
 
+    /// Renews and rebalances the leases; true when some partition is held. A change of
+    /// the partitions held starts a new pass over the outbox.
     async fn renew(&mut self) -> Result<bool, RelayError> {
-        let held = outbox::hold_lease(&self.pool, PARTITION, self.holder, LEASE_TTL).await?;
-        if held && self.renewed.is_none() {
-            tracing::info!(holder = %self.holder, "outbox relay holds the lease");
+        let held =
+            outbox::balance_leases(&self.pool, self.holder, self.share.partitions, LEASE_TTL)
+                .await?;
+        if held != self.share.held {
+            tracing::info!(holder = %self.holder, partitions = self.share.partitions, ?held, "outbox relay's partitions changed");
+            metrics::gauge!("order_timeout_outbox_partitions_held").set(held.len() as f64);
+            self.share.held = held;
+            self.end_pass();
         }
-        self.renewed = held.then(Instant::now);
-        Ok(held)
+        self.renewed = (!self.share.held.is_empty()).then(Instant::now);
+        Ok(self.renewed.is_some())
     }
 
     fn still_holding(&self) -> bool {

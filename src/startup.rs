@@ -190,6 +190,7 @@ impl Application {
         workers.spawn(outbox::run(
             pool.clone(),
             broker.clone(),
+            config.outbox_partitions,
             call_limit,
             liveness.of(Loop::Relay),
             shutdown.clone(),

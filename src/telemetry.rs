@@ -163,6 +163,11 @@ pub const METRICS: &[(Kind, &str, &str)] = &[
     ),
     (
         Kind::Gauge,
+        "order_timeout_outbox_partitions_held",
+        "Outbox partitions whose lease this instance's relay holds (of OUTBOX_PARTITIONS).",
+    ),
+    (
+        Kind::Gauge,
         "order_timeout_broker_connected",
         "1 while this instance holds a RabbitMQ connection, else 0.",
     ),

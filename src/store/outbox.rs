@@ -190,21 +190,46 @@ impl Pending {
     }
 }
 
-/// Reads up to `limit` rows with an id above `after`, in id order, without locking
-/// them. The relay pages through the outbox this way, so rows it cannot publish never
-/// hide the rows behind them. Each timer's time left is taken on the clock as its row is
+/// Which outbox rows a relay publishes: those of the partitions whose leases it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    /// The partition count all relays split the entities into (OUTBOX_PARTITIONS).
+    pub partitions: u16,
+    /// The partitions held, in order.
+    pub held: Vec<i32>,
+}
+
+impl Share {
+    /// True when the relay holds every partition: its reads need no filter.
+    fn is_everything(&self) -> bool {
+        self.held.len() >= usize::from(self.partitions)
+    }
+}
+
+/// Reads up to `limit` rows of `share` with an id above `after`, in id order, without
+/// locking them. The relay pages through the outbox this way, so rows it cannot publish
+/// never hide the rows behind them. Each timer's time left is taken on the clock as its row is
 /// produced (`clock_timestamp()`, not the statement's start), so a slow read does not
 /// make timers late.
-pub async fn read(pool: &PgPool, limit: i64, after: i64) -> Result<Vec<Pending>, StoreError> {
+pub async fn read(
+    pool: &PgPool,
+    share: &Share,
+    limit: i64,
+    after: i64,
+) -> Result<Vec<Pending>, StoreError> {
+    let held = (!share.is_everything()).then_some(&share.held);
     let mut rows = sqlx::query_as::<_, Pending>(
         "select id, entity_id, timer_bucket, timer_body::text, event_key, payload::text,
                 greatest(0, ceil(extract(epoch from (due_at - clock_timestamp())) * 1000))::bigint
                     as ms_left
-         from outbox where id > $2
+         from outbox
+         where id > $2 and ($3::integer[] is null or outbox_partition(entity_id, $4) = any($3))
          order by id limit $1",
     )
     .bind(limit)
     .bind(after)
+    .bind(held)
+    .bind(i32::from(share.partitions))
     .fetch_all(pool)
     .await?;
     let read_at = std::time::Instant::now();
@@ -223,49 +248,46 @@ pub async fn delete(pool: &PgPool, ids: &[i64]) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Vacuums the outbox and its lease: both are rewritten all the time (a row per change,
-/// deleted once published; the lease renewed before every batch) and must not depend on
+/// Vacuums the outbox and its leases: all are rewritten all the time (a row per change,
+/// deleted once published; the leases and the relays' heartbeats renewed every second) and must not depend on
 /// autovacuum to stay small. Skips a table another vacuum holds; a role that does not
 /// own the tables gets a warning from PostgreSQL, not an error.
 pub async fn vacuum(pool: &PgPool) -> Result<(), StoreError> {
-    sqlx::query("vacuum (skip_locked) outbox, outbox_lease")
+    sqlx::query("vacuum (skip_locked) outbox, outbox_lease, outbox_relays")
         .execute(pool)
         .await?;
     Ok(())
 }
 
-/// Takes or renews the relay lease of `partition` for `holder` until `ttl` from now in
-/// database time; true when `holder` holds it now. Someone else's lease is taken over
-/// only once it expired.
-pub async fn hold_lease(
+/// Renews `holder`'s partition leases, gives up those above its fair share (the
+/// partitions divided by the relays alive), takes free or expired ones up to it, and
+/// returns the partitions it now holds, in order, each until `ttl` from now in database
+/// time (migrations/0030). Empty while relays configured with another partition count
+/// hold leases.
+pub async fn balance_leases(
     pool: &PgPool,
-    partition: i32,
     holder: Uuid,
+    partitions: u16,
     ttl: Duration,
-) -> Result<bool, StoreError> {
-    let held: Option<bool> = sqlx::query_scalar(
-        "insert into outbox_lease (partition, holder, expires_at)
-         values ($1, $2, now() + $3::bigint * interval '1 millisecond')
-         on conflict (partition) do update
-             set holder = excluded.holder, expires_at = excluded.expires_at
-             where outbox_lease.holder = excluded.holder or outbox_lease.expires_at < now()
-         returning true",
-    )
-    .bind(partition)
-    .bind(holder)
-    .bind(ttl.as_millis() as i64)
-    .fetch_optional(pool)
-    .await?;
-    Ok(held.unwrap_or(false))
+) -> Result<Vec<i32>, StoreError> {
+    Ok(sqlx::query_scalar("select outbox_balance($1, $2, $3)")
+        .bind(holder)
+        .bind(i32::from(partitions))
+        .bind(ttl.as_millis() as i64)
+        .fetch_one(pool)
+        .await?)
 }
 
-/// Gives the lease up (on shutdown), so another instance takes over at once.
-pub async fn release_lease(pool: &PgPool, partition: i32, holder: Uuid) -> Result<(), StoreError> {
-    sqlx::query("delete from outbox_lease where partition = $1 and holder = $2")
-        .bind(partition)
-        .bind(holder)
-        .execute(pool)
-        .await?;
+/// Gives every lease of `holder` up and forgets it among the relays alive (on shutdown),
+/// so the others take its partitions over at once.
+pub async fn release_leases(pool: &PgPool, holder: Uuid) -> Result<(), StoreError> {
+    sqlx::query(
+        "with relay as (delete from outbox_relays where holder = $1)
+         delete from outbox_lease where holder = $1",
+    )
+    .bind(holder)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
@@ -278,9 +300,11 @@ pub async fn backlog(pool: &PgPool) -> Result<i64, StoreError> {
 
 #[cfg(test)]
 mod tests {
-    //! Events built in SQL (migrations/0003) must equal the entity as serde shows it.
+    //! Events built in SQL (migrations/0003) must equal the entity as serde shows it;
+    //! the relays' partition leases (migrations/0030) are shared fairly and taken over.
     //! Needs the local PostgreSQL, like the integration tests; uses a scratch database.
 
+    use std::collections::{HashMap, HashSet};
     use std::time::Duration;
 
     use serde_json::{Value, json};
@@ -335,7 +359,11 @@ mod tests {
         .execute(&pool)
         .await
         .unwrap();
-        let rows = super::read(&pool, 10, 0).await.unwrap();
+        let everything = super::Share {
+            partitions: 1,
+            held: vec![0],
+        };
+        let rows = super::read(&pool, &everything, 10, 0).await.unwrap();
         let row = rows.iter().find(|row| row.entity_id == id).unwrap();
         for text in [&row.timer_body, &row.payload] {
             let parsed: Value = serde_json::from_str(text.as_deref().unwrap()).unwrap();
@@ -346,6 +374,129 @@ mod tests {
             "{:?}",
             row.ms_left
         );
+        drop_scratch(pool, &name).await;
+    }
+
+    const TTL: Duration = Duration::from_secs(5);
+
+    async fn balance(pool: &PgPool, holder: Uuid, partitions: u16, ttl: Duration) -> Vec<i32> {
+        super::balance_leases(pool, holder, partitions, ttl)
+            .await
+            .expect("balance")
+    }
+
+    #[tokio::test]
+    async fn a_lone_relay_holds_every_partition_and_a_second_one_gets_half_at_its_next_renewal() {
+        let (pool, name) = scratch().await;
+        let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
+        assert_eq!(balance(&pool, first, 4, TTL).await, [0, 1, 2, 3]);
+        // Every partition is held: the newcomer waits, but counts as alive.
+        assert!(balance(&pool, second, 4, TTL).await.is_empty());
+        assert_eq!(
+            balance(&pool, first, 4, TTL).await,
+            [0, 1],
+            "above its fair share, the first gives partitions up"
+        );
+        assert_eq!(balance(&pool, second, 4, TTL).await, [2, 3]);
+        assert_eq!(
+            balance(&pool, first, 4, TTL).await,
+            [0, 1],
+            "a steady split"
+        );
+        let holders: i64 = sqlx::query_scalar(
+            "select count(distinct holder) from outbox_lease where expires_at > now()",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(holders, 2);
+        drop_scratch(pool, &name).await;
+    }
+
+    #[tokio::test]
+    async fn the_partitions_of_a_relay_that_stops_renewing_are_taken_over_once_its_leases_expired()
+    {
+        let (pool, name) = scratch().await;
+        let (stopped, survivor) = (Uuid::now_v7(), Uuid::now_v7());
+        let short = Duration::from_millis(400);
+        assert_eq!(balance(&pool, stopped, 4, short).await, [0, 1, 2, 3]);
+        assert!(
+            balance(&pool, survivor, 4, TTL).await.is_empty(),
+            "live leases are never taken"
+        );
+        tokio::time::sleep(short + Duration::from_millis(100)).await;
+        assert_eq!(balance(&pool, survivor, 4, TTL).await, [0, 1, 2, 3]);
+        assert!(
+            balance(&pool, stopped, 4, TTL).await.is_empty(),
+            "the stopped relay, back, finds its partitions held"
+        );
+        drop_scratch(pool, &name).await;
+    }
+
+    #[tokio::test]
+    async fn relays_with_another_partition_count_take_nothing_while_leases_of_the_first_are_live() {
+        let (pool, name) = scratch().await;
+        let (old, new) = (Uuid::now_v7(), Uuid::now_v7());
+        assert_eq!(balance(&pool, old, 1, TTL).await, [0]);
+        assert!(balance(&pool, new, 4, TTL).await.is_empty());
+        assert_eq!(
+            balance(&pool, old, 1, TTL).await,
+            [0],
+            "the first keeps its lease"
+        );
+        super::release_leases(&pool, old).await.expect("release");
+        assert_eq!(balance(&pool, new, 4, TTL).await, [0, 1, 2, 3]);
+        assert!(
+            balance(&pool, old, 1, TTL).await.is_empty(),
+            "and now the other way round"
+        );
+        drop_scratch(pool, &name).await;
+    }
+
+    #[tokio::test]
+    async fn each_entity_is_in_exactly_one_partition_and_the_partitions_together_are_the_outbox() {
+        let (pool, name) = scratch().await;
+        let entities: Vec<Uuid> = (0..64).map(|_| Uuid::now_v7()).collect();
+        for entity in entities.iter().chain(&entities) {
+            sqlx::query(
+                "insert into outbox (entity_id, event_key, payload)
+                 values ($1, 'order.created', '{}')",
+            )
+            .bind(entity)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        let share = |held: Vec<i32>| super::Share {
+            partitions: 4,
+            held,
+        };
+        let mut seen: HashMap<Uuid, usize> = HashMap::new();
+        let mut total = 0;
+        for partition in 0..4 {
+            let rows = super::read(&pool, &share(vec![partition]), 1000, 0)
+                .await
+                .unwrap();
+            total += rows.len();
+            let mine: HashSet<Uuid> = rows.iter().map(|row| row.entity_id).collect();
+            for entity in mine {
+                *seen.entry(entity).or_default() += 1;
+            }
+        }
+        assert_eq!(total, 128, "every row is in some partition");
+        assert_eq!(seen.len(), 64);
+        assert!(
+            seen.values().all(|partitions| *partitions == 1),
+            "an entity's rows are all in one partition: {seen:?}"
+        );
+        let pair = super::read(&pool, &share(vec![1, 3]), 1000, 0)
+            .await
+            .unwrap();
+        let everything = super::read(&pool, &share(vec![0, 1, 2, 3]), 1000, 0)
+            .await
+            .unwrap();
+        assert!(pair.len() < 128 && !pair.is_empty(), "{}", pair.len());
+        assert_eq!(everything.len(), 128);
         drop_scratch(pool, &name).await;
     }
 

@@ -1,18 +1,33 @@
-//! The outbox relay with several instances against one database (migrations/0004: one
-//! relay publishes at a time, the one holding the lease; rows are deleted only after
-//! the broker confirmed them): side by side under load nothing is lost and each
-//! entity's events keep their order; a relay killed between the broker's confirm and
-//! the delete leaves its rows to the next holder, which publishes them again
-//! (duplicates, never a loss).
+//! The outbox relay with several instances against one database (migrations/0004 and
+//! 0030: the entities are split into partitions, each published by the one relay holding
+//! its lease; rows are deleted only after the broker confirmed them): side by side under
+//! load the instances share the partitions, nothing is lost and each entity's events keep
+//! their order; a killed instance's partitions are taken over within seconds; a relay
+//! killed between the broker's confirm and the delete leaves its rows to the next holder,
+//! which publishes them again (duplicates, never a loss).
 
 use std::collections::HashMap;
 use std::time::Duration;
+
+use tokio::time::Instant;
+use uuid::Uuid;
 
 use serde_json::Value;
 
 use crate::chaos::load::{Load, LoadShape, Outage, init_logs, verify};
 use crate::chaos::{Binary, lease, wait_ready_at};
-use crate::helpers::{TestApp, eventually};
+use crate::helpers::{TestApp, eventually, poll};
+
+/// The live partition leases by holder: how many each relay holds now.
+async fn partitions_held(app: &TestApp) -> HashMap<Uuid, i64> {
+    let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+        "select holder, count(*) from outbox_lease where expires_at > now() group by holder",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .expect("leases");
+    rows.into_iter().collect()
+}
 
 /// How long settling may take after the load stops.
 const SETTLE: Duration = Duration::from_secs(30);
@@ -71,6 +86,89 @@ async fn two_instances_relaying_side_by_side_under_load_lose_nothing_and_keep_ea
     let stats = load.finish().await;
     stats.assert_http_never_failed();
     let verdict = verify(&app, "two relays", &events, &stats, &[], SETTLE).await;
+    let published = app.drain(&ordered).await;
+    let settled = assert_each_entity_in_order(&published);
+    assert_eq!(
+        settled, verdict.orders,
+        "every order's created and final event, in order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_the_partitions_and_a_killed_ones_partitions_are_taken_over_within_seconds()
+ {
+    init_logs();
+    let mut app = TestApp::spawn().await;
+    let events = app.observe_events().await;
+    let ordered = app.observe_events_as("events.ordered", "#").await;
+    // Only the binary relays at first: the harness's instance only set things up.
+    app.instance.stop().await.expect("stop the set-up instance");
+    let killed = Binary::start(&app.env, &[("OUTBOX_PARTITIONS", "4")]);
+    wait_ready_at(&app, &killed.address, Duration::from_secs(20)).await;
+    let alone = eventually(Duration::from_secs(10), || async {
+        partitions_held(&app).await.values().eq([&4])
+    })
+    .await;
+    assert!(
+        alone,
+        "a lone relay did not take all 4 partitions: {:?}\n{}",
+        partitions_held(&app).await,
+        killed.log_tail()
+    );
+    let survivor = app.spawn_instance(|c| c.outbox_partitions = 4).await;
+    wait_ready_at(&app, &survivor.address, Duration::from_secs(15)).await;
+    let load = Load::start(
+        vec![killed.address.clone(), survivor.address.clone()],
+        LoadShape::default(),
+    );
+    let shared = eventually(Duration::from_secs(10), || async {
+        let mut counts: Vec<i64> = partitions_held(&app).await.into_values().collect();
+        counts.sort();
+        counts == [2, 2]
+    })
+    .await;
+    assert!(
+        shared,
+        "the two relays never held two partitions each: {:?}",
+        partitions_held(&app).await
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    killed.signal("-KILL");
+    let killed_at = app.db_now().await;
+    let killed_instant = Instant::now();
+    load.retarget(vec![survivor.address.clone()]);
+    let taken_over = poll(Duration::from_secs(15), || async {
+        let held = partitions_held(&app).await;
+        (held.len() == 1 && held.values().eq([&4])).then(Instant::now)
+    })
+    .await
+    .expect("the survivor never held all 4 partitions after the kill");
+    let takeover = taken_over - killed_instant;
+    println!(
+        "partition takeover after a kill: {} ms",
+        takeover.as_millis()
+    );
+    assert!(
+        takeover < Duration::from_secs(8),
+        "the killed instance's partitions were taken over only after {takeover:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stats = load.finish().await;
+    stats.assert_always_answered_well();
+    let outage = Outage {
+        start: killed_at,
+        end: killed_at,
+    };
+    let verdict = verify(
+        &app,
+        "partitioned relays, one killed",
+        &events,
+        &stats,
+        &[outage],
+        SETTLE,
+    )
+    .await;
     let published = app.drain(&ordered).await;
     let settled = assert_each_entity_in_order(&published);
     assert_eq!(
