@@ -10,7 +10,7 @@
 //!    the next one, and one statement inserts every order of a batch (pending,
 //!    `expires_at = now() + ORDER_TIMEOUT` in SQL) with one outbox row each carrying its
 //!    timer and its `order.created` event ([`store::entities`], [`store::outbox`]).
-//! 2. [`outbox`] (the relay holding the outbox lease), woken in-process after the commit,
+//! 2. [`outbox`] (the relay, for the outbox partitions it holds), woken in-process after the commit,
 //!    reads the rows without locking them and publishes the timer with `expiration` =
 //!    milliseconds left into the cache bucket of its kind and timeout
 //!    ([`broker::topology`]) and the event, waits for the publisher confirms, then deletes
