@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use order_timeout::config::Config;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::time::Instant;
@@ -26,6 +27,19 @@ async fn stalled_seconds(app: &TestApp, which: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(&prefix))
         .and_then(|value| value.trim().parse().ok())
+}
+
+/// The service with every database connection through a fault proxy of its own, set up
+/// further by `tweak`; the test's own pool (`app.pool`) connects directly.
+async fn behind_proxy(tweak: impl FnOnce(&mut Config)) -> (FaultProxy, TestApp) {
+    let proxy = FaultProxy::start(POSTGRES).await;
+    let port = proxy.port();
+    let app = TestApp::spawn_with(|c| {
+        c.database_url = via_port(&c.database_url, port);
+        tweak(c);
+    })
+    .await;
+    (proxy, app)
 }
 
 /// `/healthz` as status and body.
@@ -49,10 +63,7 @@ async fn lock_waiters(app: &TestApp) -> i64 {
 async fn a_consumer_awaiting_a_black_holed_connection_is_reported_stuck_then_recovers_by_its_time_limit()
  {
     init_logs();
-    let proxy = FaultProxy::start(POSTGRES).await;
-    let port = proxy.port();
-    let app = TestApp::spawn_with(|c| {
-        c.database_url = via_port(&c.database_url, port);
+    let (proxy, app) = behind_proxy(|c| {
         // One connection: if the black-holed one stayed in the pool, nothing would work.
         c.database_pool_size = 1;
         c.database_lock_timeout = Duration::from_secs(30);
@@ -155,10 +166,7 @@ async fn a_consumer_awaiting_a_black_holed_connection_is_reported_stuck_then_rec
 async fn a_create_batch_whose_connection_is_black_holed_costs_its_requests_a_503_and_creates_go_on()
 {
     init_logs();
-    let proxy = FaultProxy::start(POSTGRES).await;
-    let port = proxy.port();
-    let app = TestApp::spawn_with(|c| {
-        c.database_url = via_port(&c.database_url, port);
+    let (proxy, app) = behind_proxy(|c| {
         c.database_request_timeout = Duration::from_secs(2);
         c.database_lock_timeout = Duration::from_secs(30);
         c.database_statement_timeout = Duration::from_secs(30);
@@ -226,12 +234,9 @@ async fn a_create_batch_whose_connection_is_black_holed_costs_its_requests_a_503
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_that_black_holes_open_connections_under_load_loses_nothing() {
     init_logs();
-    let proxy = FaultProxy::start(POSTGRES).await;
-    let port = proxy.port();
     let sweep_interval = Duration::from_secs(5);
     let sweep_grace = Duration::from_secs(1);
-    let app = TestApp::spawn_with(|c| {
-        c.database_url = via_port(&c.database_url, port);
+    let (proxy, app) = behind_proxy(|c| {
         c.order_timeout = Duration::from_secs(4);
         c.sweep_interval = sweep_interval;
         c.sweep_grace = sweep_grace;
