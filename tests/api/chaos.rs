@@ -476,7 +476,8 @@ async fn the_binary_exits_non_zero_when_the_broker_is_never_reachable_within_rec
     assert!(log.contains("RECONNECT_MAX"), "{log}");
 }
 
-/// The instance holding the outbox lease, and until when (database time), if any.
+/// The instance holding the lease of outbox partition 0, and whether it is live (database
+/// time), if any. A lone instance holds every partition.
 pub(crate) async fn lease(app: &TestApp) -> Option<(uuid::Uuid, bool)> {
     sqlx::query_as("select holder, expires_at > now() from outbox_lease where partition = 0")
         .fetch_optional(&app.pool)
