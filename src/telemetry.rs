@@ -162,6 +162,11 @@ pub const METRICS: &[(Kind, &str, &str)] = &[
         "Outbox rows published to RabbitMQ, by topic.",
     ),
     (
+        Kind::Counter,
+        "order_timeout_early_timers_held_total",
+        "Timers delivered at most 10 ms before their deadline, held by the consumer until it instead of re-armed.",
+    ),
+    (
         Kind::Gauge,
         "order_timeout_outbox_partitions_held",
         "Outbox partitions whose lease this instance's relay holds (of OUTBOX_PARTITIONS).",
