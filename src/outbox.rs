@@ -119,9 +119,9 @@ pub struct Relay {
 }
 
 /// Runs the relay for a share of `partitions` until `shutdown`; the batch in flight
-/// finishes first and the leases are given up, so the other instances take over at once. Each step is bounded by
-/// `call_limit` (a step past it is dropped; its rows stay in the outbox and are published
-/// again) and marked on `heartbeat`.
+/// finishes first and the leases are given up, so the other instances take over at
+/// once. Each step is bounded by `call_limit` (a step past it is dropped; its rows stay
+/// in the outbox and are published again) and marked on `heartbeat`.
 pub async fn run(
     pool: PgPool,
     broker: Broker,
@@ -236,8 +236,8 @@ impl Relay {
     }
 
     /// Renews the leases when due, then reads, publishes and deletes one batch of the
-    /// partitions held. Its span
-    /// (`relay_batch{rows=N}`) holds the per-row lines, which name the entity.
+    /// partitions held. Its span (`relay_batch{rows=N}`) holds the per-row lines, which
+    /// name the entity.
     #[tracing::instrument(name = "relay_batch", skip_all, fields(rows = tracing::field::Empty))]
     pub async fn step(&mut self) -> Result<Step, RelayError> {
         if !self.broker.is_connected() {
