@@ -150,27 +150,14 @@ pub async fn answer_batch<N: NewEntity>(
     limit: CallLimit,
     requests: Vec<CreateRequest<N>>,
 ) -> Vec<Answer<N::Entity>> {
-    let size = requests.len();
-    // The batch consumes the requests: keep copies to write each one alone.
-    let copies: Vec<CreateRequest<N>> = if size > 1 {
-        requests
-            .iter()
-            .map(|r| CreateRequest {
-                new: r.new.clone(),
-                timer: r.timer,
-                key: r.key.clone(),
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
     let error = match limit
-        .run("create_batch", entities::create_batch(pool, requests))
+        .run("create_batch", entities::create_batch(pool, &requests))
         .await
     {
         Ok(answers) => return answers,
         Err(error) => error,
     };
+    let size = requests.len();
     if size == 1 {
         return vec![Err(error.into())];
     }
@@ -180,7 +167,7 @@ pub async fn answer_batch<N: NewEntity>(
             .collect();
     }
     tracing::warn!(%error, size, "create batch failed, writing each request alone");
-    let alone = copies.into_iter().map(|r| {
+    let alone = requests.into_iter().map(|r| {
         limit.run(
             "create_batch",
             entities::create(pool, r.new, r.timer, r.key),

@@ -240,7 +240,7 @@ pub async fn create<N: NewEntity>(
     timer: FirstTimer,
     key: Option<IdempotencyKey>,
 ) -> Result<Created<N::Entity>, CreateError> {
-    let mut answers = create_batch(pool, vec![CreateRequest { new, timer, key }]).await?;
+    let mut answers = create_batch(pool, &[CreateRequest { new, timer, key }]).await?;
     answers.pop().ok_or(CreateError::Store(StoreError::Other(
         sqlx::Error::RowNotFound,
     )))?
@@ -249,10 +249,11 @@ pub async fn create<N: NewEntity>(
 /// Creates the entities of a batch with their timers and `created` events in one
 /// transaction (one statement when no request has an idempotency key), and answers each
 /// request on its own, in order: its entity, its replay, or its key's reuse. An `Err` is
-/// the database failing the whole batch; then nothing was written.
+/// the database failing the whole batch; then nothing was written. The requests are
+/// borrowed, so a caller can write them again one by one after a failed batch.
 pub async fn create_batch<N: NewEntity>(
     pool: &PgPool,
-    requests: Vec<CreateRequest<N>>,
+    requests: &[CreateRequest<N>],
 ) -> Result<Vec<Result<Created<N::Entity>, CreateError>>, StoreError> {
     let ids: Vec<Uuid> = requests.iter().map(|_| Uuid::now_v7()).collect();
     let mut conn = pool.acquire().await?;
@@ -261,11 +262,11 @@ pub async fn create_batch<N: NewEntity>(
         // time limit), the rollback is queued and sent before the connection is used
         // again, so no later caller ever writes into a transaction left open.
         let mut tx = conn.begin().await?;
-        let answers = write_batch(&mut tx, &requests, &ids).await?;
+        let answers = write_batch(&mut tx, requests, &ids).await?;
         tx.commit().await?;
         answers
     } else {
-        write_batch(&mut conn, &requests, &ids).await?
+        write_batch(&mut conn, requests, &ids).await?
     };
     if answers.iter().any(|a| matches!(a, Ok(c) if !c.replayed)) {
         outbox::written();

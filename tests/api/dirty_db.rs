@@ -42,6 +42,24 @@ async fn behind_proxy(tweak: impl FnOnce(&mut Config)) -> (FaultProxy, TestApp) 
     (proxy, app)
 }
 
+/// Once a statement of the service waits for the lock `holder` holds, black-holes the
+/// service's open connections and then releases the lock: PostgreSQL finishes the
+/// statement and its answer goes into the void. `what` names the waiting statement.
+async fn black_hole_once_waiting(
+    app: &TestApp,
+    proxy: &FaultProxy,
+    holder: sqlx::Transaction<'_, sqlx::Postgres>,
+    what: &str,
+) {
+    let waiting = eventually(Duration::from_secs(15), || async {
+        lock_waiters(app).await > 0
+    })
+    .await;
+    assert!(waiting, "{what} never reached the held lock");
+    proxy.black_hole_existing();
+    holder.rollback().await.expect("release the lock");
+}
+
 /// `/healthz` as status and body.
 async fn healthz(app: &TestApp) -> (StatusCode, Value) {
     app.get("/healthz").await
@@ -84,13 +102,7 @@ async fn a_consumer_awaiting_a_black_holed_connection_is_reported_stuck_then_rec
         .execute(&mut *holder)
         .await
         .expect("lock the order");
-    let waiting = eventually(Duration::from_secs(15), || async {
-        lock_waiters(&app).await > 0
-    })
-    .await;
-    assert!(waiting, "the consumer's cancel never reached the lock");
-    proxy.black_hole_existing();
-    holder.rollback().await.expect("release the lock");
+    black_hole_once_waiting(&app, &proxy, holder, "the consumer's cancel").await;
     let blackholed_at = Instant::now();
 
     // PostgreSQL commits the cancel; its answer goes into the black hole.
@@ -189,15 +201,7 @@ async fn a_create_batch_whose_connection_is_black_holed_costs_its_requests_a_503
     .execute(&mut *holder)
     .await
     .expect("hold the key");
-    let black_hole = async {
-        let waiting = eventually(Duration::from_secs(10), || async {
-            lock_waiters(&app).await > 0
-        })
-        .await;
-        assert!(waiting, "the create's batch never reached the held key");
-        proxy.black_hole_existing();
-        holder.rollback().await.expect("release the key");
-    };
+    let black_hole = black_hole_once_waiting(&app, &proxy, holder, "the create's batch");
     let (lost, ()) = tokio::join!(keyed(), black_hole);
     expect_error(
         lost.answer(),
