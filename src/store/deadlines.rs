@@ -343,7 +343,9 @@ fn reminder_owed(before: &str) -> String {
 /// Writes the `*.expiring` reminder of every listed pending entity whose reminder moment
 /// has come (and whose deadline has not), once per deadline: the UPDATE of
 /// `reminded_for` is the dedupe, so duplicate or re-armed timers are harmless. Returns
-/// the ids reminded now.
+/// the ids reminded now. Like the cancel ([`super::expiry`]), it finds the listed rows by
+/// primary key only: the conditions inside `( … ) is true` keep the planner off the
+/// pending-deadline index, which holds every entity settled since the last vacuum.
 pub async fn remind_due<T: Entity>(
     pool: &PgPool,
     ids: &[Uuid],
@@ -351,9 +353,10 @@ pub async fn remind_due<T: Entity>(
 ) -> Result<Vec<Uuid>, StoreError> {
     let update = format!(
         "update {table} set reminded_for = expires_at
-         where id = any($1) and status = 'pending' and expires_at > now()
-           and expires_at - $2::bigint * interval '1 millisecond' <= now()
-           and {owed}
+         where id = any($1)
+           and (status = 'pending' and expires_at > now()
+                and expires_at - $2::bigint * interval '1 millisecond' <= now()
+                and {owed}) is true
          returning *",
         table = T::TABLE,
         owed = reminder_owed("$2")
