@@ -9,9 +9,9 @@ use std::time::Duration;
 use sqlx::{AssertSqlSafe, PgPool, Row};
 use uuid::Uuid;
 
-use super::StoreError;
 use super::entities::Entity;
 use super::outbox;
+use super::{LISTED_IDS, StoreError};
 use crate::domain::{BulkExtension, EntityKind, Order, Waybill};
 
 /// When a new entity's first timer is due: at its reminder's moment when one is owed
@@ -343,9 +343,10 @@ fn reminder_owed(before: &str) -> String {
 /// Writes the `*.expiring` reminder of every listed pending entity whose reminder moment
 /// has come (and whose deadline has not), once per deadline: the UPDATE of
 /// `reminded_for` is the dedupe, so duplicate or re-armed timers are harmless. Returns
-/// the ids reminded now. Like the cancel ([`super::expiry`]), it finds the listed rows by
-/// primary key only: the conditions inside `( … ) is true` keep the planner off the
-/// pending-deadline index, which holds every entity settled since the last vacuum.
+/// the ids reminded now. Shaped for the planner like the cancel ([`super::expiry`]): the
+/// listed rows are found by primary key only (the conditions inside `( … ) is true` keep
+/// it off the pending-deadline index, which holds every entity settled since the last
+/// vacuum), and through [`LISTED_IDS`], so one cached plan serves every batch.
 pub async fn remind_due<T: Entity>(
     pool: &PgPool,
     ids: &[Uuid],
@@ -353,7 +354,7 @@ pub async fn remind_due<T: Entity>(
 ) -> Result<Vec<Uuid>, StoreError> {
     let update = format!(
         "update {table} set reminded_for = expires_at
-         where id = any($1)
+         where id = any({LISTED_IDS})
            and (status = 'pending' and expires_at > now()
                 and expires_at - $2::bigint * interval '1 millisecond' <= now()
                 and {owed}) is true

@@ -26,6 +26,13 @@ pub use error::{ErrorClass, StoreError};
 pub use limit::CallLimit;
 pub use session::SessionSettings;
 
+/// The ids bound as `$1` (a `uuid[]`) in a form the planner cannot count. A statement run
+/// for batches of one or two ids (most of the due consumer's batches at a steady rate)
+/// then keeps one cached generic plan per connection; with `any($1)` the plan for so few
+/// ids always looks cheaper than the generic one, and the statement is planned anew for
+/// every batch, inlining the `*_json` functions each time (`store::expiry`).
+pub(crate) const LISTED_IDS: &str = "array(select unnest($1::uuid[]))";
+
 /// The migrations of `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
