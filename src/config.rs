@@ -84,6 +84,17 @@ pub struct Config {
     #[arg(long, env = "CONSUMER_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     pub consumer_concurrency: u16,
 
+    /// How long before its deadline a timer leaves its cache bucket (its TTL is the time
+    /// left less this); the due consumer holds it until the deadline and cancels then. The
+    /// deadline itself is unchanged and still decided by the database: this only takes
+    /// the broker's dead-letter latency (p99 about 10 ms on two busy cores, 19 ms with
+    /// RabbitMQ beside the service's load; README "Lateness") out of every cancel's
+    /// lateness. Each instance holds at most `PREFETCH` timers, for at most this long plus
+    /// 10 ms, and a held timer is unacked, so a dying instance's timers go to the others.
+    /// `0` publishes each timer for exactly the time left (DESIGN.md's flow).
+    #[arg(long, env = "TIMER_LEAD", default_value = "25ms", value_parser = parse_duration_or_zero)]
+    pub timer_lead: Duration,
+
     /// Unacknowledged deliveries the broker may push to this instance. 1024 lets a burst
     /// of deadlines go through in batches of `PREFETCH / CONSUMER_CONCURRENCY` (256): at 64
     /// the same 100,000-deadline burst took 2.3x RabbitMQ's own time, at 512-1024 1.6-1.7x

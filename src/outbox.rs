@@ -31,7 +31,8 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::broker::{Broker, Headers, Outgoing, Properties, PublishError, Publisher};
+use crate::broker::headers::DUE_AT_US;
+use crate::broker::{Broker, Headers, Outgoing, Properties, PublishError, Publisher, Topology};
 use crate::liveness::Heartbeat;
 use crate::store::outbox::{self, Pending, Share};
 use crate::store::{CallLimit, StoreError};
@@ -488,7 +489,7 @@ fn plans(broker: &Broker, row: &Pending, timer_to_due: bool) -> Vec<Plan> {
     };
     if let (Some(bucket), Some(body)) = (&row.timer_bucket, &row.timer_body) {
         plans.push(timer_plan(
-            broker,
+            broker.topology(),
             row,
             bucket,
             body,
@@ -513,25 +514,34 @@ fn plans(broker: &Broker, row: &Pending, timer_to_due: bool) -> Vec<Plan> {
     plans
 }
 
+/// Where and how a row's timer goes. A timer of a configured timeout waits in its cache
+/// bucket for the time left less `TIMER_LEAD`, and the due consumer holds it for the
+/// rest (`x-due-at-us` says until when); one with no more than the lead left (published
+/// late, after an outage), or whose bucket is missing (`to_due`), goes to the due queue
+/// at once.
 fn timer_plan(
-    broker: &Broker,
+    topology: &Topology,
     row: &Pending,
     bucket: &str,
     body: &str,
     base: Properties,
     to_due: bool,
 ) -> Plan {
-    let topology = broker.topology();
-    let ms_left = row.ms_left_now().unwrap_or(0);
+    let ms_left = u64::try_from(row.ms_left_now().unwrap_or(0)).unwrap_or(0);
+    let mut headers = Headers::default();
+    if let Some(due_at_us) = row.due_at_us {
+        headers.set_integer(DUE_AT_US, due_at_us);
+    }
     let properties = Properties {
         message_id: Some(row.entity_id.to_string()),
-        headers: Some(Headers::default()),
+        headers: Some(headers),
         ..base
     };
     let body = body.as_bytes().to_vec();
-    if ms_left == 0 || to_due {
-        // Already due (published late, after an outage), or its bucket is missing: straight
-        // to the due queue instead of waiting behind younger timers in the cache bucket.
+    let ttl_ms = ms_left.saturating_sub(topology.timer_lead_ms);
+    if ttl_ms == 0 || to_due {
+        // Already due or nearly, or its bucket is missing: straight to the due queue
+        // instead of waiting behind younger timers in the cache bucket.
         return Plan {
             exchange: String::new(),
             routing_key: topology.due_queue.clone(),
@@ -548,7 +558,7 @@ fn timer_plan(
         // Clients never make the service declare queues.
         return Plan {
             exchange: String::new(),
-            routing_key: topology.level_queue(topology.level_for(ms_left as u64)),
+            routing_key: topology.level_queue(topology.level_for(ms_left)),
             body,
             properties,
             mandatory: true,
@@ -560,10 +570,96 @@ fn timer_plan(
         routing_key: topology.cache_queue(bucket),
         body,
         properties: Properties {
-            expiration_ms: Some(ms_left as u64),
+            expiration_ms: Some(ttl_ms),
             ..properties
         },
         mandatory: true,
         declare_bucket: Some(bucket.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::broker::QueueType;
+    use crate::domain::EntityKind;
+
+    fn topology_with_lead(lead: Duration) -> Topology {
+        Topology::new(
+            "t",
+            &[(EntityKind::Order, Duration::from_secs(2))],
+            Duration::from_secs(60),
+            &[],
+            QueueType::Classic,
+        )
+        .with_timer_lead(lead)
+    }
+
+    fn timer(us_left: i64, bucket: &str) -> Pending {
+        Pending {
+            id: 1,
+            entity_id: Uuid::nil(),
+            timer_bucket: Some(bucket.into()),
+            timer_body: Some("{}".into()),
+            us_left: Some(us_left),
+            due_at_us: Some(1_700_000_000_123_456),
+            read_at: None,
+            event_key: None,
+            payload: None,
+        }
+    }
+
+    fn plan_of(topology: &Topology, row: &Pending) -> Plan {
+        let bucket = row.timer_bucket.as_deref().unwrap_or_default();
+        timer_plan(topology, row, bucket, "{}", Properties::persistent(), false)
+    }
+
+    #[test]
+    fn a_timer_leaves_its_bucket_the_lead_before_its_deadline_and_carries_the_deadline() {
+        let topology = topology_with_lead(Duration::from_millis(25));
+        let plan = plan_of(&topology, &timer(1_500_000, "order.2000"));
+        assert_eq!(plan.routing_key, topology.cache_queue("order.2000"));
+        assert_eq!(plan.properties.expiration_ms, Some(1475));
+        let headers = plan.properties.headers.unwrap_or_default();
+        assert_eq!(headers.integer(DUE_AT_US), Some(1_700_000_000_123_456));
+
+        let plan = plan_of(
+            &topology_with_lead(Duration::ZERO),
+            &timer(1_500_000, "order.2000"),
+        );
+        assert_eq!(
+            plan.properties.expiration_ms,
+            Some(1500),
+            "TIMER_LEAD=0: the time left"
+        );
+    }
+
+    #[test]
+    fn a_timer_with_no_more_than_the_lead_left_goes_to_the_due_queue_at_once() {
+        let topology = topology_with_lead(Duration::from_millis(25));
+        for us_left in [0, 1, 24_000, 25_000] {
+            let plan = plan_of(&topology, &timer(us_left, "order.2000"));
+            assert_eq!(plan.routing_key, topology.due_queue, "{us_left} us left");
+            assert_eq!(plan.properties.expiration_ms, None);
+            let headers = plan.properties.headers.unwrap_or_default();
+            assert_eq!(headers.integer(DUE_AT_US), Some(1_700_000_000_123_456));
+        }
+        let plan = plan_of(&topology, &timer(25_001, "order.2000"));
+        assert_eq!(plan.routing_key, topology.cache_queue("order.2000"));
+        assert_eq!(
+            plan.properties.expiration_ms,
+            Some(1),
+            "26 ms rounded up, less 25"
+        );
+    }
+
+    #[test]
+    fn a_timer_of_another_timeout_takes_the_delay_level_for_its_whole_time_left() {
+        let topology = topology_with_lead(Duration::from_millis(25));
+        let plan = plan_of(&topology, &timer(5_000_000, "order.5000"));
+        assert_eq!(plan.routing_key, topology.level_queue(4096));
+        assert_eq!(plan.properties.expiration_ms, None);
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 
 use crate::alert::{Alert, Alerter};
-use crate::broker::headers::{FIRST_FAILED_AT, LAST_ERROR, RETRY_COUNT};
+use crate::broker::headers::{DUE_AT_US, FIRST_FAILED_AT, LAST_ERROR, RETRY_COUNT};
 use crate::broker::{
     Broker, Delivery, Headers, Outgoing, Properties, PublishError, Publisher, Topology,
 };
@@ -175,7 +175,20 @@ impl DeliveryRouter {
         }
     }
 
-    async fn rearm(&self, delivery: &Delivery, headers: Headers, ms_left: u64, level: u64) -> bool {
+    async fn rearm(
+        &self,
+        delivery: &Delivery,
+        mut headers: Headers,
+        ms_left: u64,
+        level: u64,
+    ) -> bool {
+        // The deadline the database measured, on this process's clock (the one the hold
+        // compares with), so the hop that lands a little early is held, not re-armed again.
+        let ms_left_us = i64::try_from(ms_left.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let due_at_us = chrono::Utc::now()
+            .timestamp_micros()
+            .saturating_add(ms_left_us);
+        headers.set_integer(DUE_AT_US, due_at_us);
         let queue = self.broker.topology().level_queue(level);
         let properties = republished(&delivery.properties, headers);
         let published = self
@@ -351,7 +364,13 @@ pub async fn move_to_due(broker: &Broker, queue: &str) -> Result<u32, PublishErr
 }
 
 /// The only headers a republished copy carries: the ones this service writes and reads.
-const REPUBLISHED_HEADERS: [&str; 4] = [RETRY_COUNT, LAST_ERROR, FIRST_FAILED_AT, PARKED_FROM];
+const REPUBLISHED_HEADERS: [&str; 5] = [
+    RETRY_COUNT,
+    LAST_ERROR,
+    FIRST_FAILED_AT,
+    PARKED_FROM,
+    DUE_AT_US,
+];
 
 /// Properties for a republished copy: persistent, same id and type, no expiration, and
 /// only our own headers (never a client's `CC`/`BCC` routing headers).

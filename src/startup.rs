@@ -260,4 +260,5 @@ pub fn topology_of(config: &Config) -> Topology {
         &config.retry_delays,
         config.queue_type,
     )
+    .with_timer_lead(config.timer_lead)
 }

@@ -1,5 +1,9 @@
 //! The due-queue consumer: turns timers whose deadline came into cancellations.
 //!
+//! Timers leave their cache bucket `TIMER_LEAD` before their deadline, so the broker's
+//! dead-letter latency is spent before it rather than after; each waits here, unacked,
+//! until the deadline it carries (`x-due-at-us`), then joins the next batch.
+//!
 //! Deliveries that are ready together are handled as one batch: one conditional
 //! `UPDATE … WHERE id = ANY($1)` per kind (still pending and due in database time), then
 //! each delivery is re-armed (it came early), retried (the database failed) or stored as
@@ -18,6 +22,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::broker::headers::DUE_AT_US;
 use crate::broker::{Broker, BrokerError, Delivery, Session};
 use crate::domain::{EntityKind, TimerMessage};
 use crate::liveness::Heartbeat;
@@ -101,12 +106,21 @@ impl DueConsumer {
         // as large as the window would leave the window empty during every commit.
         let batch_size = usize::from(self.prefetch).div_ceil(self.concurrency.max(1));
         let ledger = &AckLedger::new(channel.clone());
+        let hold_cap =
+            std::time::Duration::from_millis(self.broker.topology().timer_lead_ms) + HOLD_EARLY;
         deliveries
             .take_until(shutdown.cancelled())
-            .ready_chunks(batch_size)
-            .inspect(|batch| {
-                ledger.received(batch.iter().filter_map(|result| result.as_ref().ok()))
+            .inspect(|result| ledger.received(result.as_ref().ok()))
+            // Each timer that came ahead of its deadline (TIMER_LEAD) waits here for it, side
+            // by side, so one waiting timer never delays another; the others pass at once.
+            .map(|result| async move {
+                if let Ok(delivery) = &result {
+                    hold_until_due(delivery, hold_cap).await;
+                }
+                result
             })
+            .buffer_unordered(usize::from(self.prefetch))
+            .ready_chunks(batch_size)
             .for_each_concurrent(self.concurrency, |batch| async move {
                 let _busy = self.heartbeat.busy();
                 let deliveries: Vec<Delivery> = batch
@@ -171,6 +185,36 @@ impl DueConsumer {
         metrics::histogram!("order_timeout_handler_seconds")
             .record(started.elapsed().as_secs_f64());
     }
+}
+
+/// Waits until the deadline `delivery` carries (`x-due-at-us`, set by the relay), when
+/// [`hold_time`] says so.
+async fn hold_until_due(delivery: &Delivery, cap: std::time::Duration) {
+    let due_at_us = delivery
+        .properties
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.integer(DUE_AT_US));
+    if let Some(wait) = hold_time(due_at_us, chrono::Utc::now().timestamp_micros(), cap) {
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// How long a timer due at `due_at_us` waits before its cancel is tried, at `now_us` (both
+/// microseconds since the Unix epoch): until its deadline when that is ahead by no more
+/// than `cap` (the lead and a little clock skew); otherwise not at all. A timer without a
+/// deadline, already due, or further off than a lead explains (an extended deadline, a
+/// re-arm, a clock far off the database's) goes to the database at once, which decides,
+/// and re-arms it if it is early. This only times the question: the answer stays the
+/// database's.
+fn hold_time(
+    due_at_us: Option<i64>,
+    now_us: i64,
+    cap: std::time::Duration,
+) -> Option<std::time::Duration> {
+    let ahead_us = u64::try_from(due_at_us?.checked_sub(now_us)?).ok()?;
+    let ahead = std::time::Duration::from_micros(ahead_us);
+    (!ahead.is_zero() && ahead <= cap).then_some(ahead)
 }
 
 /// Cancels the listed entities that are due ([`expiry::cancel_if_due`]); those found
@@ -298,6 +342,27 @@ mod tests {
                 .expect("create");
         let order: Order = created.entity;
         order.id
+    }
+
+    #[test]
+    fn a_timer_ahead_of_its_deadline_by_at_most_the_cap_waits_for_it_any_other_goes_at_once() {
+        let cap = Duration::from_millis(35);
+        let now = 1_700_000_000_000_000;
+        assert_eq!(
+            hold_time(Some(now + 24_500), now, cap),
+            Some(Duration::from_micros(24_500))
+        );
+        assert_eq!(hold_time(Some(now + 35_000), now, cap), Some(cap));
+        assert_eq!(
+            hold_time(Some(now + 35_001), now, cap),
+            None,
+            "beyond the cap"
+        );
+        assert_eq!(hold_time(Some(now), now, cap), None, "due now");
+        assert_eq!(hold_time(Some(now - 5_000), now, cap), None, "already due");
+        assert_eq!(hold_time(None, now, cap), None, "no deadline header");
+        assert_eq!(hold_time(Some(i64::MIN), now, cap), None, "absurd header");
+        assert_eq!(hold_time(Some(i64::MAX), now, cap), None, "absurd header");
     }
 
     #[tokio::test]

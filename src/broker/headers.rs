@@ -11,6 +11,9 @@ pub const RETRY_COUNT: &str = "x-retry-count";
 pub const LAST_ERROR: &str = "x-last-error";
 /// When the message first failed, milliseconds since the Unix epoch.
 pub const FIRST_FAILED_AT: &str = "x-first-failed-at";
+/// A timer's deadline, microseconds since the Unix epoch on the database's clock: the
+/// due consumer holds a timer that arrives ahead of it (`TIMER_LEAD`) until then.
+pub const DUE_AT_US: &str = "x-due-at-us";
 /// The broker's own dead-letter bookkeeping: never republished by us.
 const BROKER_OWNED: [&str; 7] = [
     "x-death",

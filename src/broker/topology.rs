@@ -43,6 +43,9 @@ pub struct Topology {
     pub levels_ms: Vec<u64>,
     /// Classic or quorum.
     pub queue_type: QueueType,
+    /// How much shorter than the time left a timer's TTL in its cache bucket is
+    /// (`TIMER_LEAD`), in milliseconds; the due consumer holds it for the rest.
+    pub timer_lead_ms: u64,
 }
 
 impl Topology {
@@ -80,6 +83,16 @@ impl Topology {
             retry_delays_ms: retry_delays.iter().map(|d| d.as_millis() as u64).collect(),
             levels_ms,
             queue_type,
+            timer_lead_ms: 0,
+        }
+    }
+
+    /// The same topology with timers leaving their cache bucket `lead` before their
+    /// deadline (`TIMER_LEAD`; none by default).
+    pub fn with_timer_lead(self, lead: Duration) -> Self {
+        Self {
+            timer_lead_ms: u64::try_from(lead.as_millis()).unwrap_or(u64::MAX),
+            ..self
         }
     }
 

@@ -169,6 +169,10 @@ pub struct Pending {
     /// Microseconds, so the only rounding is the one RabbitMQ's whole-millisecond TTL needs
     /// (rounding to milliseconds here too made timers 0.5 ms later on average).
     pub us_left: Option<i64>,
+    /// For a timer: its deadline, microseconds since the Unix epoch on the database's
+    /// clock, published with it (`x-due-at-us`) so the due consumer can hold a timer that
+    /// left its bucket ahead of the deadline (`TIMER_LEAD`) until then.
+    pub due_at_us: Option<i64>,
     /// When the read returned, so the time spent between reading and publishing is taken
     /// off the timer's TTL instead of being added to the cancel's lateness.
     #[sqlx(skip)]
@@ -224,7 +228,8 @@ pub async fn read(
     let mut rows = sqlx::query_as::<_, Pending>(
         "select id, entity_id, timer_bucket, timer_body::text, event_key, payload::text,
                 greatest(0, ceil(extract(epoch from (due_at - clock_timestamp())) * 1000000))::bigint
-                    as us_left
+                    as us_left,
+                ceil(extract(epoch from due_at) * 1000000)::bigint as due_at_us
          from outbox
          where id > $2 and ($3::integer[] is null or outbox_partition(entity_id, $4) = any($3))
          order by id limit $1",
@@ -328,6 +333,7 @@ mod tests {
             timer_bucket: Some("order.2000".into()),
             timer_body: Some("{}".into()),
             us_left,
+            due_at_us: None,
             read_at: std::time::Instant::now().checked_sub(read_ago),
             event_key: None,
             payload: None,
@@ -383,6 +389,18 @@ mod tests {
                 .is_some_and(|us| (1_000_000..=2_000_000).contains(&us)),
             "{:?}",
             row.us_left
+        );
+        let due_at_us: i64 = sqlx::query_scalar(
+            "select (extract(epoch from due_at) * 1000000)::bigint from outbox where entity_id = $1",
+        )
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            row.due_at_us,
+            Some(due_at_us),
+            "the deadline to the microsecond"
         );
         drop_scratch(pool, &name).await;
     }

@@ -169,6 +169,77 @@ async fn an_early_delivery_is_re_armed_and_cancelled_at_the_deadline_not_before(
 }
 
 #[tokio::test]
+async fn a_timer_leaves_its_bucket_the_lead_ahead_and_is_held_to_cancel_at_the_deadline_not_before()
+{
+    // A lead far longer than the broker's latency, so the timer surely arrives early.
+    let lead = Duration::from_millis(700);
+    let app = TestApp::spawn_with(|c| c.timer_lead = lead).await;
+    let id = id_of(&app.create_order().await);
+    let cache = app.topology.cache_queue("order.2000");
+    let timer = poll(WITHIN, || app.peek(&cache))
+        .await
+        .expect("no timer in the cache bucket");
+    let expiration: u64 = timer
+        .properties
+        .expiration()
+        .as_ref()
+        .and_then(|ms| ms.as_str().parse().ok())
+        .expect("a TTL");
+    assert!(
+        (1000..=1300).contains(&expiration),
+        "the time left (2 s) less the lead (700 ms): {expiration}"
+    );
+    let due_at_us = match timer
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-due-at-us"))
+    {
+        Some(AMQPValue::LongLongInt(us)) => *us,
+        other => panic!("no deadline header: {other:?}"),
+    };
+    let expires_us: i64 = sqlx::query_scalar(
+        "select (extract(epoch from expires_at) * 1000000)::bigint from orders where id = $1",
+    )
+    .bind(Uuid::parse_str(&id).unwrap())
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        due_at_us, expires_us,
+        "the header carries the order's deadline"
+    );
+
+    // Held in memory until its deadline: it never goes through a delay level (a re-arm
+    // of the ~700 ms left would wait 512 ms in this one).
+    let level = app.topology.level_queue(512);
+    let seen_in_level = std::cell::Cell::new(0);
+    let cancelled = eventually(WITHIN, || async {
+        seen_in_level.set(seen_in_level.get() + app.queue_depth(&level).await);
+        app.order_status(&id).await == "cancelled"
+    })
+    .await;
+    assert!(cancelled, "not cancelled");
+    assert_eq!(
+        seen_in_level.get(),
+        0,
+        "the timer was re-armed instead of held"
+    );
+    let (expires, cancelled): (DateTime<Utc>, DateTime<Utc>) =
+        sqlx::query_as("select expires_at, cancelled_at from orders where id = $1")
+            .bind(Uuid::parse_str(&id).unwrap())
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(
+        cancelled >= expires,
+        "cancelled {cancelled} before its deadline {expires}"
+    );
+    let lateness = (cancelled - expires).num_milliseconds();
+    assert!(lateness < 1000, "held timer was {lateness} ms late");
+}
+
+#[tokio::test]
 async fn the_cache_bucket_has_its_dead_letter_arguments_and_holds_persistent_expiring_timers() {
     let app = TestApp::spawn_with(|c| c.order_timeout = Duration::from_secs(5)).await;
     let cache = app.topology.cache_queue("order.5000");
