@@ -7,12 +7,14 @@ FROM rust:1.95-bookworm AS builder
 WORKDIR /src
 # Everything the build reads, and nothing else (no target/ from the host). The migrations
 # and openapi.yaml are compiled into the binary; the manifest names tests/api/main.rs
-# and the bench/ workspace member.
+# and the bench/ and loadgen/ workspace members (without loadgen/ cargo cannot load the
+# workspace: "failed to load manifest for dependency `loadgen`").
 COPY Cargo.toml Cargo.lock build.rs openapi.yaml ./
 COPY migrations ./migrations
 COPY src ./src
 COPY tests ./tests
 COPY bench ./bench
+COPY loadgen ./loadgen
 # Cache the registry and the target directory between builds (BuildKit); the binary is
 # copied out because a cache mount does not end up in the image.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

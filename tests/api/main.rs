@@ -17,6 +17,7 @@ mod hostile;
 mod http_contract;
 mod openapi;
 mod outbox_relay;
+mod packaging;
 mod prometheus;
 mod quorum;
 mod reminders;
