@@ -92,7 +92,8 @@ pub struct Config {
     /// lateness. Each instance holds at most `PREFETCH` timers, for at most this long plus
     /// 10 ms, and a held timer is unacked, so a dying instance's timers go to the others.
     /// `0` publishes each timer for exactly the time left (DESIGN.md's flow).
-    #[arg(long, env = "TIMER_LEAD", default_value = "25ms", value_parser = parse_duration_or_zero)]
+    /// At most `MAX_TIMER_LEAD` (1 s): longer would only hold more timers in memory.
+    #[arg(long, env = "TIMER_LEAD", default_value = "25ms", value_parser = parse_timer_lead)]
     pub timer_lead: Duration,
 
     /// Unacknowledged deliveries the broker may push to this instance. 1024 lets a burst
@@ -404,6 +405,22 @@ fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| e.to_string())
 }
 
+/// The longest `TIMER_LEAD`: a lead is there to cover the broker's dead-letter latency
+/// (milliseconds), and each instance holds up to `PREFETCH` timers for that long.
+pub const MAX_TIMER_LEAD: Duration = Duration::from_secs(1);
+
+/// A `TIMER_LEAD`: zero (none) up to `MAX_TIMER_LEAD`.
+fn parse_timer_lead(text: &str) -> Result<Duration, String> {
+    let lead = parse_duration_or_zero(text)?;
+    if lead > MAX_TIMER_LEAD {
+        return Err(format!(
+            "must be at most {}",
+            humantime::format_duration(MAX_TIMER_LEAD)
+        ));
+    }
+    Ok(lead)
+}
+
 /// Queue names allow only a safe alphabet, so a prefix can never break a name.
 fn parse_prefix(text: &str) -> Result<String, String> {
     let valid = !text.is_empty()
@@ -430,6 +447,15 @@ mod tests {
         assert_eq!(parse_duration_or_zero("0"), Ok(Duration::ZERO));
         assert_eq!(parse_duration_or_zero("0s"), Ok(Duration::ZERO));
         assert_eq!(parse_duration_or_zero("5s"), Ok(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_timer_lead_is_zero_to_one_second() {
+        assert_eq!(parse_timer_lead("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_timer_lead("25ms"), Ok(Duration::from_millis(25)));
+        assert_eq!(parse_timer_lead("1s"), Ok(MAX_TIMER_LEAD));
+        assert_eq!(parse_timer_lead("1001ms"), Err("must be at most 1s".into()));
+        assert!(parse_timer_lead("soon").is_err());
     }
 
     #[test]
