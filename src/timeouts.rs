@@ -1,8 +1,9 @@
 //! The due-queue consumer: turns timers whose deadline came into cancellations.
 //!
-//! Timers leave their cache bucket `TIMER_LEAD` before their deadline, so the broker's
-//! dead-letter latency is spent before it rather than after; each waits here, unacked,
-//! until the deadline it carries (`x-due-at-us`), then joins the next batch.
+//! With `TIMER_LEAD` set (opt-in), timers leave their cache bucket that long before their
+//! deadline, so the broker's dead-letter latency is spent before it rather than after;
+//! each waits here, unacked, until the deadline it carries (`x-due-at-us`), then joins
+//! the next batch.
 //!
 //! Deliveries that are ready together are handled as one batch: one conditional
 //! `UPDATE … WHERE id = ANY($1)` per kind (still pending and due in database time), then
