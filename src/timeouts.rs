@@ -1,6 +1,6 @@
 //! The due-queue consumer: turns timers whose deadline came into cancellations.
 //!
-//! With `TIMER_LEAD` set (opt-in), timers leave their cache bucket that long before their
+//! With `TIMER_LEAD` (25 ms by default), timers leave their cache bucket that long before their
 //! deadline, so the broker's dead-letter latency is spent before it rather than after;
 //! each waits here, unacked, until the deadline it carries (`x-due-at-us`), then joins
 //! the next batch.
