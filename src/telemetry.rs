@@ -164,7 +164,7 @@ pub const METRICS: &[(Kind, &str, &str)] = &[
     (
         Kind::Counter,
         "order_timeout_early_timers_held_total",
-        "Timers delivered at most 10 ms before their deadline, held by the consumer until it instead of re-armed.",
+        "Timers delivered at most TIMER_LEAD + 10 ms before the deadline they carry, held by the consumer until it instead of re-armed.",
     ),
     (
         Kind::Gauge,

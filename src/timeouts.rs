@@ -33,13 +33,10 @@ use crate::store::{CallLimit, StoreError};
 
 use self::acks::AckLedger;
 
-/// An early timer at most this far from its deadline is held here and tried again,
-/// instead of a round trip through a delay level. Re-armed timers come early by design
-/// (each delay level is no longer than the time left, so the last hops of a re-arm land
-/// a few milliseconds before the deadline: the bench's tiny burst logged runs of
-/// `ms_left=1` re-arms, each a publish with a confirm), and a broker whose clock
-/// runs slightly faster than the database's (NTP slews clocks by up to 500 ppm) delivers
-/// a timer a hair early.
+/// How much earlier than `TIMER_LEAD` a delivery may come and still be held to its
+/// deadline rather than re-armed: the last hop of a re-arm through the delay levels lands
+/// a few milliseconds early by design (a level is never longer than the time left, and the
+/// re-arm carries the deadline), and another instance's clock may be a little ahead.
 const HOLD_EARLY: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// What the consumer needs, shared by its concurrent handlers.
@@ -166,8 +163,7 @@ impl DueConsumer {
         for (kind, batch) in by_kind {
             let ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
             let remind_before = self.remind_before[kind as usize];
-            let cancelling =
-                cancel_if_due_holding_early(&self.pool, kind, &ids, remind_before, HOLD_EARLY);
+            let cancelling = expiry::cancel_if_due(&self.pool, kind, &ids, remind_before);
             match self.call_limit.run("cancel_due", cancelling).await {
                 Ok(fates) => {
                     split_by_fate(kind, batch, &fates, &mut done, &mut routes);
@@ -197,6 +193,7 @@ async fn hold_until_due(delivery: &Delivery, cap: std::time::Duration) {
         .as_ref()
         .and_then(|headers| headers.integer(DUE_AT_US));
     if let Some(wait) = hold_time(due_at_us, chrono::Utc::now().timestamp_micros(), cap) {
+        metrics::counter!("order_timeout_early_timers_held_total").increment(1);
         tokio::time::sleep(wait).await;
     }
 }
@@ -216,40 +213,6 @@ fn hold_time(
     let ahead_us = u64::try_from(due_at_us?.checked_sub(now_us)?).ok()?;
     let ahead = std::time::Duration::from_micros(ahead_us);
     (!ahead.is_zero() && ahead <= cap).then_some(ahead)
-}
-
-/// Cancels the listed entities that are due ([`expiry::cancel_if_due`]); those found
-/// pending with at most `hold` left are waited for here and tried once more, so a timer
-/// a hair early does not take a round trip through a delay level. Those still not due,
-/// or the second try failing, keep their first fate and are re-armed as before.
-async fn cancel_if_due_holding_early(
-    pool: &PgPool,
-    kind: EntityKind,
-    ids: &[Uuid],
-    remind_before: Option<std::time::Duration>,
-    hold: std::time::Duration,
-) -> Result<HashMap<Uuid, Fate>, StoreError> {
-    let mut fates = expiry::cancel_if_due(pool, kind, ids, remind_before).await?;
-    let nearly: Vec<(Uuid, u64)> = fates
-        .iter()
-        .filter_map(|(id, fate)| match fate {
-            Fate::NotYetDue(ms) if u128::from(*ms) <= hold.as_millis() => Some((*id, *ms)),
-            _ => None,
-        })
-        .collect();
-    let Some(wait_ms) = nearly.iter().map(|(_, ms)| *ms).max() else {
-        return Ok(fates);
-    };
-    metrics::counter!("order_timeout_early_timers_held_total").increment(nearly.len() as u64);
-    tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
-    let ids: Vec<Uuid> = nearly.iter().map(|(id, _)| *id).collect();
-    match expiry::cancel_if_due(pool, kind, &ids, remind_before).await {
-        Ok(again) => fates.extend(again),
-        Err(error) => {
-            tracing::debug!(%error, timers = ids.len(), "second try of early timers failed; they are re-armed");
-        }
-    }
-    Ok(fates)
 }
 
 /// Sorts a kind's deliveries by what their cancel found: cancelled or already settled
@@ -325,25 +288,7 @@ fn routes_after_store_error(
 mod tests {
     use std::time::Duration;
 
-    use serde_json::json;
-
     use super::*;
-    use crate::domain::{NewOrder, Order};
-    use crate::store::deadlines::FirstTimer;
-    use crate::store::entities;
-    use crate::store::testdb::{drop_scratch, scratch};
-
-    async fn order_due_in(pool: &PgPool, timeout: Duration) -> Uuid {
-        let new =
-            NewOrder::parse(&json!({"customer_id": "c", "amount_cents": 1, "currency": "EUR"}))
-                .expect("valid order");
-        let created =
-            entities::create::<NewOrder>(pool, new, FirstTimer::plan(timeout, None), None)
-                .await
-                .expect("create");
-        let order: Order = created.entity;
-        order.id
-    }
 
     #[test]
     fn a_timer_ahead_of_its_deadline_by_at_most_the_cap_waits_for_it_any_other_goes_at_once() {
@@ -364,52 +309,5 @@ mod tests {
         assert_eq!(hold_time(None, now, cap), None, "no deadline header");
         assert_eq!(hold_time(Some(i64::MIN), now, cap), None, "absurd header");
         assert_eq!(hold_time(Some(i64::MAX), now, cap), None, "absurd header");
-    }
-
-    #[tokio::test]
-    async fn a_timer_a_little_early_is_held_and_cancels_at_its_deadline_one_further_off_is_rearmed()
-    {
-        let (pool, name) = scratch().await;
-        let near = order_due_in(&pool, Duration::from_millis(150)).await;
-        let far = order_due_in(&pool, Duration::from_secs(60)).await;
-        let fates = cancel_if_due_holding_early(
-            &pool,
-            EntityKind::Order,
-            &[near, far],
-            None,
-            Duration::from_millis(1000),
-        )
-        .await
-        .expect("cancel");
-        assert_eq!(fates.get(&near), Some(&Fate::Cancelled), "{fates:?}");
-        assert!(
-            matches!(fates.get(&far), Some(Fate::NotYetDue(ms)) if *ms > 50_000),
-            "{fates:?}"
-        );
-        let on_time: bool = sqlx::query_scalar(
-            "select cancelled_at >= expires_at and cancelled_at < expires_at + interval '1 second'
-             from orders where id = $1",
-        )
-        .bind(near)
-        .fetch_one(&pool)
-        .await
-        .expect("order");
-        assert!(on_time, "cancelled at its deadline, not before");
-
-        let without_hold = order_due_in(&pool, Duration::from_millis(500)).await;
-        let fates = cancel_if_due_holding_early(
-            &pool,
-            EntityKind::Order,
-            &[without_hold],
-            None,
-            Duration::ZERO,
-        )
-        .await
-        .expect("cancel");
-        assert!(
-            matches!(fates.get(&without_hold), Some(Fate::NotYetDue(_))),
-            "with no hold an early timer is re-armed: {fates:?}"
-        );
-        drop_scratch(pool, &name).await;
     }
 }

@@ -129,16 +129,41 @@ async fn pays_racing_the_deadline_end_paid_or_cancelled_never_both() {
     println!("deadline race: {paid} paid in time, {refused} refused as expired");
 }
 
+/// The deadline a timer carries (`x-due-at-us`), in microseconds since the epoch.
+fn deadline_header(timer: &lapin::message::Delivery) -> i64 {
+    match timer
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-due-at-us"))
+    {
+        Some(AMQPValue::LongLongInt(us)) => *us,
+        other => panic!("no deadline header: {other:?}"),
+    }
+}
+
+/// An order's deadline in microseconds since the epoch, as the database has it.
+async fn expires_us(app: &TestApp, id: Uuid) -> i64 {
+    sqlx::query_scalar(
+        "select (extract(epoch from expires_at) * 1000000)::bigint from orders where id = $1",
+    )
+    .bind(id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
-async fn an_early_delivery_is_re_armed_and_cancelled_at_the_deadline_not_before() {
+async fn an_early_delivery_is_re_armed_with_its_deadline_and_cancelled_at_it_not_before() {
     let app = TestApp::spawn().await;
     // An order with no outbox timer, so only the early message can cancel it.
     let id = Uuid::now_v7();
-    sqlx::query("insert into orders (id, customer_id, amount_cents, currency, expires_at) values ($1, 'c', 1, 'EUR', now() + interval '1500 milliseconds')")
+    sqlx::query("insert into orders (id, customer_id, amount_cents, currency, expires_at) values ($1, 'c', 1, 'EUR', now() + interval '5 seconds')")
         .bind(id)
         .execute(&app.pool)
         .await
         .unwrap();
+    // No deadline header: the consumer asks the database, which finds it ~5 s early.
     let body = serde_json::to_vec(&json!({"kind": "order", "id": id})).unwrap();
     let channel = app.channel().await;
     channel
@@ -155,6 +180,17 @@ async fn an_early_delivery_is_re_armed_and_cancelled_at_the_deadline_not_before(
         .unwrap()
         .await
         .unwrap();
+    // Re-armed through the longest level not longer than the time left, carrying the
+    // deadline the database measured, so its last hop is held rather than re-armed again.
+    let level = app.topology.level_queue(4096);
+    let rearmed = poll(WITHIN, || app.peek(&level))
+        .await
+        .expect("no re-armed timer in the 4096 ms level");
+    let off_ms = (deadline_header(&rearmed) - expires_us(&app, id).await).abs() / 1000;
+    assert!(
+        off_ms < 100,
+        "the re-arm carries the deadline: {off_ms} ms off"
+    );
     app.wait_for_order_status(&id.to_string(), "cancelled", WITHIN)
         .await;
     let (expires, cancelled): (DateTime<Utc>, DateTime<Utc>) =
@@ -189,24 +225,9 @@ async fn a_timer_leaves_its_bucket_the_lead_ahead_and_is_held_to_cancel_at_the_d
         (1000..=1300).contains(&expiration),
         "the time left (2 s) less the lead (700 ms): {expiration}"
     );
-    let due_at_us = match timer
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get("x-due-at-us"))
-    {
-        Some(AMQPValue::LongLongInt(us)) => *us,
-        other => panic!("no deadline header: {other:?}"),
-    };
-    let expires_us: i64 = sqlx::query_scalar(
-        "select (extract(epoch from expires_at) * 1000000)::bigint from orders where id = $1",
-    )
-    .bind(Uuid::parse_str(&id).unwrap())
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
     assert_eq!(
-        due_at_us, expires_us,
+        deadline_header(&timer),
+        expires_us(&app, Uuid::parse_str(&id).unwrap()).await,
         "the header carries the order's deadline"
     );
 
