@@ -598,17 +598,7 @@ mod tests {
     }
 
     fn timer(us_left: i64, bucket: &str) -> Pending {
-        Pending {
-            id: 1,
-            entity_id: Uuid::nil(),
-            timer_bucket: Some(bucket.into()),
-            timer_body: Some("{}".into()),
-            us_left: Some(us_left),
-            due_at_us: Some(1_700_000_000_123_456),
-            read_at: None,
-            event_key: None,
-            payload: None,
-        }
+        Pending::test_timer(bucket, Some(us_left), Some(1_700_000_000_123_456), None)
     }
 
     fn plan_of(topology: &Topology, row: &Pending) -> Plan {

@@ -184,6 +184,27 @@ pub struct Pending {
 }
 
 impl Pending {
+    /// A timer row as `read` returns it, for the tests of what the relay does with one.
+    #[cfg(test)]
+    pub(crate) fn test_timer(
+        bucket: &str,
+        us_left: Option<i64>,
+        due_at_us: Option<i64>,
+        read_at: Option<std::time::Instant>,
+    ) -> Self {
+        Self {
+            id: 1,
+            entity_id: Uuid::nil(),
+            timer_bucket: Some(bucket.into()),
+            timer_body: Some("{}".into()),
+            us_left,
+            due_at_us,
+            read_at,
+            event_key: None,
+            payload: None,
+        }
+    }
+
     /// For a timer: milliseconds until its deadline now, at least 0. Never shorter than
     /// the truth (the time elapsed since the read returned is taken off, the time between
     /// producing the row and the read returning is not, and the rest is rounded up), so a
@@ -327,17 +348,8 @@ mod tests {
     use crate::store::testdb::{drop_scratch, scratch};
 
     fn pending(us_left: Option<i64>, read_ago: Duration) -> super::Pending {
-        super::Pending {
-            id: 1,
-            entity_id: Uuid::nil(),
-            timer_bucket: Some("order.2000".into()),
-            timer_body: Some("{}".into()),
-            us_left,
-            due_at_us: None,
-            read_at: std::time::Instant::now().checked_sub(read_ago),
-            event_key: None,
-            payload: None,
-        }
+        let read_at = std::time::Instant::now().checked_sub(read_ago);
+        super::Pending::test_timer("order.2000", us_left, None, read_at)
     }
 
     #[test]
