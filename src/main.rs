@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the HTTP API, the outbox relay, the due-queue consumer and the sweeper.
-    Serve(Config),
+    Serve(Box<Config>),
     /// Create the database if missing and apply the migrations, then exit.
     Migrate {
         /// The database to migrate.
@@ -36,7 +36,7 @@ enum Command {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(config) => serve(config).await,
+        Command::Serve(config) => serve(*config).await,
         Command::Migrate { database_url } => migrate(&database_url).await,
     };
     match result {

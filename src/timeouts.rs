@@ -69,10 +69,10 @@ impl DueConsumer {
         let mut sessions = self.broker.sessions();
         loop {
             let session = sessions.borrow_and_update().clone();
-            if let Some(session) = session {
-                if let Err(error) = self.consume(&session, &shutdown).await {
-                    tracing::warn!(%error, "due consumer stopped, restarting with the next session");
-                }
+            if let Some(session) = session
+                && let Err(error) = self.consume(&session, &shutdown).await
+            {
+                tracing::warn!(%error, "due consumer stopped, restarting with the next session");
             }
             if shutdown.is_cancelled() {
                 return;

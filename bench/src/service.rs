@@ -112,10 +112,10 @@ impl Service {
         let readyz = format!("{}/readyz", self.url);
         let started = Instant::now();
         loop {
-            if let Kind::Child(child) = &mut self.kind {
-                if let Some(status) = child.try_wait()? {
-                    anyhow::bail!("the service exited with {status}");
-                }
+            if let Kind::Child(child) = &mut self.kind
+                && let Some(status) = child.try_wait()?
+            {
+                anyhow::bail!("the service exited with {status}");
             }
             let ready = client
                 .get(&readyz)

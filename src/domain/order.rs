@@ -92,13 +92,13 @@ impl NewOrder {
             currency: Currency::parse("currency", fields.get("currency"))?,
             items: Items::parse("items", fields.get("items"))?,
         };
-        if let Some(items) = &order.items {
-            if items.total_cents() != Some(order.amount_cents.cents()) {
-                return Err(FieldError::new(
-                    "items",
-                    "quantity × unit_price_cents must sum to amount_cents",
-                ));
-            }
+        if let Some(items) = &order.items
+            && items.total_cents() != Some(order.amount_cents.cents())
+        {
+            return Err(FieldError::new(
+                "items",
+                "quantity × unit_price_cents must sum to amount_cents",
+            ));
         }
         Ok(order)
     }

@@ -66,6 +66,14 @@ async fn a_waybill_is_cancelled_and_an_accepted_one_kept() {
     );
 }
 
+/// An order's status, paid_at, cancelled_at and expires_at.
+type StoredOutcome = (
+    String,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+    DateTime<Utc>,
+);
+
 #[tokio::test]
 async fn pays_racing_the_deadline_end_paid_or_cancelled_never_both() {
     let app = TestApp::spawn().await;
@@ -92,12 +100,7 @@ async fn pays_racing_the_deadline_end_paid_or_cancelled_never_both() {
     }
     let (mut paid, mut refused) = (0, 0);
     for (id, (status, body)) in answers {
-        let row: (
-            String,
-            Option<DateTime<Utc>>,
-            Option<DateTime<Utc>>,
-            DateTime<Utc>,
-        ) = sqlx::query_as(
+        let row: StoredOutcome = sqlx::query_as(
             "select status, paid_at, cancelled_at, expires_at from orders where id = $1",
         )
         .bind(Uuid::parse_str(&id).unwrap())

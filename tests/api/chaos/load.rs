@@ -287,14 +287,13 @@ impl Observer {
             messages.push((message.delivery.routing_key.to_string(), body));
             last_tag = Some(message.delivery.delivery_tag);
         }
-        if let Some(tag) = last_tag {
-            if channel
+        if let Some(tag) = last_tag
+            && channel
                 .basic_ack(tag, BasicAckOptions { multiple: true })
                 .await
                 .is_err()
-            {
-                return Vec::new();
-            }
+        {
+            return Vec::new();
         }
         let _ = channel.close(200, "drained".into()).await;
         messages
