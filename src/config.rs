@@ -92,10 +92,7 @@ pub struct Config {
     /// lateness. Each instance holds at most `PREFETCH` timers, for at most this long plus
     /// 10 ms, and a held timer is unacked, so a dying instance's timers go to the others.
     /// `0` publishes each timer for exactly the time left (DESIGN.md's flow). 25 ms (the
-    /// default) covers the dead-letter latency measured on two busy cores. (With it the
-    /// broker-restart test once left orders pending: RabbitMQ's classic queues drop timers
-    /// dead-lettered as the broker stops, at any lead; README "Broker restarts and the two
-    /// queue types".)
+    /// default) covers the dead-letter latency measured on two busy cores.
     /// At most `MAX_TIMER_LEAD` (1 s): longer would only hold more timers in memory.
     #[arg(long, env = "TIMER_LEAD", default_value = "25ms", value_parser = parse_timer_lead)]
     pub timer_lead: Duration,

@@ -185,7 +185,7 @@ impl DeliveryRouter {
         // The deadline the database measured, on this process's clock, so the hop that
         // lands a little early is held, not re-armed again. Another instance may take the
         // hop: a clock off this one by a few ms costs that much lateness or one more
-        // statement, and more than the hold's cap only the hold (`timeouts::hold_time`).
+        // re-arm, and more than the hold's cap only the hold (`timeouts::hold_time`).
         let ms_left_us = i64::try_from(ms_left.saturating_mul(1000)).unwrap_or(i64::MAX);
         let due_at_us = chrono::Utc::now()
             .timestamp_micros()

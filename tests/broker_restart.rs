@@ -23,6 +23,7 @@ use std::time::Duration;
 use helpers::TestApp;
 use load::init_logs;
 use order_timeout::broker::QueueType;
+use order_timeout::config::Config;
 use scenario::{Fault, Scenario};
 
 /// Stops the broker application; `start_app` runs when it is dropped, whatever happens
@@ -86,37 +87,40 @@ fn restart_scenario(label: &'static str) -> Scenario {
     }
 }
 
+/// Runs the restart scenario (`label`) against a service set up by `tweak`.
+async fn restart_under_load(label: &'static str, tweak: impl FnOnce(&mut Config)) {
+    init_logs();
+    let app = TestApp::spawn_with(tweak).await;
+    let events = app.observe_events().await;
+    restart_scenario(label)
+        .run(&app, &events, &mut BrokerRestart::default())
+        .await;
+}
+
 /// Quorum queues dead-letter at least once (`x-dead-letter-strategy`), so across a restart
 /// the timers alone must settle every order: the sweeper is off (the test settings), and
 /// anything lost here was lost by the service.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "restarts the shared broker; run serially by .ci/run"]
 async fn on_quorum_queues_a_broker_restart_while_orders_come_due_loses_no_timer() {
-    init_logs();
-    let app = TestApp::spawn_with(|config| config.queue_type = QueueType::Quorum).await;
-    let events = app.observe_events().await;
-    restart_scenario("broker restart, quorum queues")
-        .run(&app, &events, &mut BrokerRestart::default())
-        .await;
+    restart_under_load("broker restart, quorum queues", |config| {
+        config.queue_type = QueueType::Quorum;
+    })
+    .await;
 }
 
 /// Classic queues (the default) dead-letter at most once: a timer expiring in the last
 /// milliseconds of `stop_app` can be dropped by RabbitMQ itself (`scripts/experiments/
 /// dead_letter_at_broker_stop.py` shows it with no service involved), so at the defaults the
-/// sweeper is what settles it. The sweeper runs with the default grace (10 s, so the timers
+/// sweeper is what settles it. The sweeper runs with the default grace (so the timers
 /// settle what they can first) and sweeps every 5 s instead of 30 s, so the test waits less;
 /// every order must still end settled, within the lateness allowed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "restarts the shared broker; run serially by .ci/run"]
 async fn on_classic_queues_a_broker_restart_while_orders_come_due_loses_no_order() {
-    init_logs();
-    let app = TestApp::spawn_with(|config| {
+    restart_under_load("broker restart, classic queues", |config| {
         config.sweep_interval = Duration::from_secs(5);
-        config.sweep_grace = Duration::from_secs(10);
+        config.sweep_grace = Config::defaults().sweep_grace;
     })
     .await;
-    let events = app.observe_events().await;
-    restart_scenario("broker restart, classic queues")
-        .run(&app, &events, &mut BrokerRestart::default())
-        .await;
 }
