@@ -4,8 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use lapin::BasicProperties;
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -168,21 +167,13 @@ async fn an_early_delivery_is_re_armed_with_its_deadline_and_cancelled_at_it_not
         .unwrap();
     // No deadline header: the consumer asks the database, which finds it ~5 s early.
     let body = serde_json::to_vec(&json!({"kind": "order", "id": id})).unwrap();
-    let channel = app.channel().await;
-    channel
-        .basic_publish(
-            "".into(),
-            app.topology.due_queue.as_str().into(),
-            BasicPublishOptions::default(),
-            &body,
-            BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_message_id(id.to_string().into()),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    app.publish_raw(
+        &app.topology.due_queue,
+        &body,
+        &id.to_string(),
+        FieldTable::default(),
+    )
+    .await;
     // Re-armed through the longest level not longer than the time left, carrying the
     // deadline the database measured, so its last hop is held rather than re-armed again.
     let level = app.topology.level_queue(4096);
