@@ -17,6 +17,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Publishe
 use serde::Serialize;
 use tokio::time::Instant;
 
+use super::cpu::{self, CpuPerOp, Targets};
 use super::load::{self, Latency};
 use order_timeout::broker::PERSISTENT;
 
@@ -36,6 +37,9 @@ pub struct BrokerBaseline {
     pub all_delivered_after_s: f64,
     /// Deliveries per second, from the start of the second to the last one.
     pub per_second: f64,
+    /// CPU per delivered message from the start of the second to the last delivery
+    /// (RabbitMQ's, and the bench's consumer as the client).
+    pub cpu: CpuPerOp,
 }
 
 /// Runs the broker-only burst in queues named after `prefix`, deleted afterwards.
@@ -45,9 +49,10 @@ pub async fn burst(
     count: u64,
     lead: Duration,
     prefetch: u16,
+    targets: &Targets,
 ) -> anyhow::Result<BrokerBaseline> {
     let queues = Queues::declare(amqp_url, &format!("{prefix}.bench")).await?;
-    let result = run(&queues, count, lead, prefetch).await;
+    let result = run(&queues, count, lead, prefetch, targets).await;
     queues.remove().await;
     result
 }
@@ -149,10 +154,12 @@ async fn run(
     count: u64,
     lead: Duration,
     prefetch: u16,
+    targets: &Targets,
 ) -> anyhow::Result<BrokerBaseline> {
     let second = Instant::now() + lead;
     let started = Instant::now();
     publish(queues, second, count).await?;
+    let window = cpu::track_from(targets.clone(), second);
     let publish_s = started.elapsed().as_secs_f64();
     let (consuming, consumer) = queues.consume("bench-baseline", prefetch).await?;
     let bar = load::bar(
@@ -190,6 +197,7 @@ async fn run(
         publish_s,
         all_delivered_after_s: after,
         per_second: delivered as f64 / after.max(1e-9),
+        cpu: cpu::finish_window(window, delivered).await,
     })
 }
 

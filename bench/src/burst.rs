@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use super::Sizes;
 use super::broker::{self, BrokerBaseline};
+use super::cpu::{self, CpuPerOp};
 use super::env::{BenchEnv, LONG_TIMEOUT};
 use super::lateness::histogram_of;
 use super::load::{self, Counters, Latency};
@@ -52,6 +53,9 @@ pub struct BurstReport {
     pub lateness: Latency,
     /// The service's counters over the phase.
     pub counters: Counters,
+    /// CPU per cancel from the start of the second until every order was seen cancelled
+    /// (the relay publishing the `order.cancelled` events meanwhile included).
+    pub cpu: CpuPerOp,
     /// The same burst through RabbitMQ alone, run before the service's.
     pub broker_only: BrokerBaseline,
 }
@@ -67,19 +71,27 @@ pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<BurstReport> {
         sizes.burst,
         Duration::from_secs(lead_s),
         prefetch,
+        &cpu::targets(None, env.amqp_url(), env.database_name()),
     )
     .await?;
     let service = env.start(LONG_TIMEOUT).await?;
+    let targets = cpu::targets(service.pid(), env.amqp_url(), env.database_name());
     let api = load::api(&service.url);
     let before = Counters::read(&api).await;
     let tag = env.tag("burst");
     let bucket = format!("order.{}", lead_s * 1000 + 1);
     env.remember_bucket(&bucket);
-    let second: DateTime<Utc> =
-        sqlx::query_scalar("select date_trunc('second', now()) + $1 * interval '1 second'")
-            .bind(lead_s as f64)
-            .fetch_one(&env.pool)
-            .await?;
+    let (second, until_second_s): (DateTime<Utc>, f64) = sqlx::query_as(
+        "select s, extract(epoch from (s - clock_timestamp()))::float8
+         from (select date_trunc('second', now()) + $1 * interval '1 second' as s) second",
+    )
+    .bind(lead_s as f64)
+    .fetch_one(&env.pool)
+    .await?;
+    let window = cpu::track_from(
+        targets,
+        Instant::now() + Duration::from_secs_f64(until_second_s.max(0.0)),
+    );
     let started = Instant::now();
     insert(env, &tag, &bucket, second, sizes.burst).await?;
     let insert_s = started.elapsed().as_secs_f64();
@@ -94,10 +106,17 @@ pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<BurstReport> {
         sizes.burst,
     );
     let not_cancelled = env
-        .wait_cancelled(&tag, Duration::from_secs(lead_s + 1) + GRACE, &bar)
+        .wait_cancelled(
+            &tag,
+            sizes.burst,
+            (&api, &before),
+            Duration::from_secs(lead_s + 1) + GRACE,
+            &bar,
+        )
         .await?;
     bar.finish();
     let timing = Timing::read(env, &tag, second).await?;
+    let cpu = cpu::finish_window(window, timing.samples_ms.len() as u64).await;
     let counters = Counters::read(&api).await.since(&before);
     service.stop().await?;
     Ok(BurstReport {
@@ -113,6 +132,7 @@ pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<BurstReport> {
             / timing.first_deadline_to_last_cancel_s.max(1e-9),
         lateness: Latency::of(&histogram_of(&timing.samples_ms)),
         counters,
+        cpu,
         broker_only,
     })
 }

@@ -158,7 +158,16 @@ pub fn track_window(
     })
 }
 
-/// Ends a window started by [`track_window`]; `None` fields when it could not run.
+/// Tracks from `from` until [`finish_window`], for loads whose end is an event (the last
+/// cancel of a burst) rather than a clock.
+pub fn track_from(targets: Targets, from: Instant) -> JoinHandle<Option<Tracker>> {
+    tokio::spawn(async move {
+        tokio::time::sleep_until(from).await;
+        Some(Tracker::start(targets))
+    })
+}
+
+/// Ends a window started by [`track_window`] or [`track_from`]; `None` fields when it could not run.
 pub async fn finish_window(window: JoinHandle<Option<Tracker>>, operations: u64) -> CpuPerOp {
     match window.await {
         Ok(Some(tracker)) => tracker.finish(operations).await,

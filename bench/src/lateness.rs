@@ -80,7 +80,15 @@ pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<LatenessReport
         "waiting for every cancel",
         sizes.lateness_orders,
     );
-    let not_cancelled = env.wait_cancelled(&tag, timeout + GRACE, &bar).await?;
+    let not_cancelled = env
+        .wait_cancelled(
+            &tag,
+            sizes.lateness_orders,
+            (&api, &before),
+            timeout + GRACE,
+            &bar,
+        )
+        .await?;
     bar.finish();
     let samples_ms: Vec<f64> = sqlx::query_scalar(
         "select extract(epoch from (cancelled_at - expires_at))::float8 * 1000 from orders

@@ -286,6 +286,12 @@ impl Report {
                 format!("burst: RabbitMQ alone, all delivered after (s)"),
                 format!("{:.2}", o.all_delivered_after_s)
             );
+            let _ = writeln!(out, "burst: CPU µs per cancel: {}", b.cpu.describe());
+            let _ = writeln!(
+                out,
+                "burst: CPU µs per timer, RabbitMQ alone: {}",
+                o.cpu.describe()
+            );
         }
         if let Some(p) = &self.pending {
             if let (Some(idle), Some(loaded)) = (p.idle, p.loaded) {

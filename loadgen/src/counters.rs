@@ -49,6 +49,12 @@ impl Counters {
         Self(counters)
     }
 
+    /// Entities the service cancelled for their timeout: through a timer or the sweeper.
+    pub fn cancelled_for_timeout(&self) -> f64 {
+        let get = |key: &str| self.0.get(key).copied().unwrap_or(0.0);
+        get("deliveries_cancelled") + get("swept")
+    }
+
     /// What happened since `before` (the in-process recorder outlives a service).
     pub fn since(mut self, before: &Counters) -> Self {
         for (key, value) in &mut self.0 {
