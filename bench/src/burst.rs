@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::Sizes;
 use super::broker::{self, BrokerBaseline};
-use super::cpu::{self, CpuPerOp};
+use super::cpu::{self, CpuPerOp, Targets};
 use super::env::{BenchEnv, LONG_TIMEOUT};
 use super::lateness::histogram_of;
 use super::load::{self, Counters, Latency};
@@ -65,17 +65,21 @@ pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<BurstReport> {
     // Whole seconds, so the bucket is a name no configured timeout uses.
     let lead_s = sizes.burst_lead_ms.div_ceil(1000).max(1);
     let prefetch = order_timeout::config::Config::defaults().prefetch;
+    let broker_targets = cpu::targets(None, env.amqp_url(), env.database_name());
     let broker_only = broker::burst(
         env.amqp_url(),
         env.prefix(),
         sizes.burst,
         Duration::from_secs(lead_s),
         prefetch,
-        &cpu::targets(None, env.amqp_url(), env.database_name()),
+        &broker_targets,
     )
     .await?;
     let service = env.start(LONG_TIMEOUT).await?;
-    let targets = cpu::targets(service.pid(), env.amqp_url(), env.database_name());
+    let targets = Targets {
+        service: service.pid(),
+        ..broker_targets
+    };
     let api = load::api(&service.url);
     let before = Counters::read(&api).await;
     let tag = env.tag("burst");
@@ -109,7 +113,8 @@ pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<BurstReport> {
         .wait_cancelled(
             &tag,
             sizes.burst,
-            (&api, &before),
+            &api,
+            &before,
             Duration::from_secs(lead_s + 1) + GRACE,
             &bar,
         )

@@ -145,33 +145,31 @@ impl Tracker {
 
 /// Tracks the window `[from, from + length)` in a task of its own, for loads whose window
 /// is set by a clock (a closed loop's measured window after its warm-up).
-pub fn track_window(
-    targets: Targets,
-    from: Instant,
-    length: Duration,
-) -> JoinHandle<Option<Tracker>> {
+pub fn track_window(targets: Targets, from: Instant, length: Duration) -> JoinHandle<Tracker> {
     tokio::spawn(async move {
-        tokio::time::sleep_until(from).await;
-        let tracker = Tracker::start(targets);
+        let tracker = start_at(targets, from).await;
         tokio::time::sleep(length).await;
-        Some(tracker)
+        tracker
     })
 }
 
 /// Tracks from `from` until [`finish_window`], for loads whose end is an event (the last
 /// cancel of a burst) rather than a clock.
-pub fn track_from(targets: Targets, from: Instant) -> JoinHandle<Option<Tracker>> {
-    tokio::spawn(async move {
-        tokio::time::sleep_until(from).await;
-        Some(Tracker::start(targets))
-    })
+pub fn track_from(targets: Targets, from: Instant) -> JoinHandle<Tracker> {
+    tokio::spawn(start_at(targets, from))
 }
 
-/// Ends a window started by [`track_window`] or [`track_from`]; `None` fields when it could not run.
-pub async fn finish_window(window: JoinHandle<Option<Tracker>>, operations: u64) -> CpuPerOp {
+async fn start_at(targets: Targets, from: Instant) -> Tracker {
+    tokio::time::sleep_until(from).await;
+    Tracker::start(targets)
+}
+
+/// Ends a window started by [`track_window`] or [`track_from`]; `None` fields when its
+/// task did not run to the end.
+pub async fn finish_window(window: JoinHandle<Tracker>, operations: u64) -> CpuPerOp {
     match window.await {
-        Ok(Some(tracker)) => tracker.finish(operations).await,
-        _ => CpuPerOp::default(),
+        Ok(tracker) => tracker.finish(operations).await,
+        Err(_) => CpuPerOp::default(),
     }
 }
 

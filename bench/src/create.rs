@@ -122,7 +122,7 @@ pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<CreateReport> 
 }
 
 /// CPU tracking of a closed loop's measured window, the loop starting now.
-fn measured_window(targets: &Targets, stop: &Stop) -> tokio::task::JoinHandle<Option<Tracker>> {
+fn measured_window(targets: &Targets, stop: &Stop) -> tokio::task::JoinHandle<Tracker> {
     let (warmup, measure) = match stop {
         Stop::Measure { warmup, measure } => (*warmup, *measure),
         // Only timed loads are profiled; the others get an empty window.

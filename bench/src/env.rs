@@ -176,10 +176,10 @@ impl BenchEnv {
         }
     }
 
-    /// Orders of a phase: how many exist and how many are still pending.
-    pub async fn counts(&self, tag: &str) -> anyhow::Result<(i64, i64)> {
-        Ok(sqlx::query_as(
-            "select count(*), count(*) filter (where status = 'pending') from orders where customer_id = $1",
+    /// Orders of a phase still pending.
+    async fn pending(&self, tag: &str) -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar(
+            "select count(*) from orders where customer_id = $1 and status = 'pending'",
         )
         .bind(tag)
         .fetch_one(&self.pool)
@@ -218,7 +218,8 @@ impl BenchEnv {
         &self,
         tag: &str,
         expected: u64,
-        (api, before): (&Api, &Counters),
+        api: &Api,
+        before: &Counters,
         limit: Duration,
         bar: &indicatif::ProgressBar,
     ) -> anyhow::Result<i64> {
@@ -236,7 +237,7 @@ impl BenchEnv {
                 Some(at) => at.elapsed() >= COUNT_PERIOD,
             };
             if count_due || started.elapsed() >= limit {
-                let (_, pending) = self.counts(tag).await?;
+                let pending = self.pending(tag).await?;
                 counted = Some(Instant::now());
                 if pending == 0 || started.elapsed() >= limit {
                     return Ok(pending);

@@ -84,7 +84,8 @@ pub async fn run(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<LatenessReport
         .wait_cancelled(
             &tag,
             sizes.lateness_orders,
-            (&api, &before),
+            &api,
+            &before,
             timeout + GRACE,
             &bar,
         )
