@@ -42,6 +42,20 @@ impl Answer {
     }
 }
 
+/// The body of a `POST /orders` the loads send.
+#[derive(serde::Serialize)]
+struct NewOrder<'a> {
+    customer_id: &'a str,
+    amount_cents: i64,
+    currency: &'static str,
+}
+
+/// The one field of a created order the loads need; the others are skipped unparsed.
+#[derive(serde::Deserialize)]
+struct Created {
+    id: Uuid,
+}
+
 impl Api {
     /// A client of the service at `base` whose requests give up after `timeout`.
     pub fn new(base: &str, timeout: Duration) -> Self {
@@ -113,12 +127,35 @@ impl Api {
     }
 
     /// Creates an order for `customer` and returns its id; an error unless 201.
+    ///
+    /// The loads call this tens of thousands of times a second on the cores the service
+    /// shares, so it does no more than a lean client would: the body is serialized from a
+    /// struct and the answer is read for its `id` alone, where [`Api::create`] builds and
+    /// parses whole JSON trees for callers that inspect the answer (21 µs of CPU per create
+    /// against pgbench's 9 per insert before, README "The bench's client").
     pub async fn create_order(&self, customer: &str) -> anyhow::Result<Uuid> {
-        let answer = self.create(customer, 1999).await?;
-        if answer.status != StatusCode::CREATED {
-            anyhow::bail!("POST /orders answered {}: {}", answer.status, answer.body);
+        let body = serde_json::to_vec(&NewOrder {
+            customer_id: customer,
+            amount_cents: 1999,
+            currency: "EUR",
+        })?;
+        let response = self
+            .http
+            .post(format!("{}/orders", self.base))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await?;
+        let status = response.status();
+        let bytes = response.bytes().await?;
+        if status != StatusCode::CREATED {
+            anyhow::bail!(
+                "POST /orders answered {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            );
         }
-        answer.id().context("201 without an order id")
+        let created: Created = serde_json::from_slice(&bytes).context("201 without an order id")?;
+        Ok(created.id)
     }
 
     /// The text of `/metrics`.
