@@ -132,7 +132,7 @@ impl Api {
     /// shares, so it does no more than a lean client would: the body is serialized from a
     /// struct and the answer is read for its `id` alone, where [`Api::create`] builds and
     /// parses whole JSON trees for callers that inspect the answer (21 µs of CPU per create
-    /// against pgbench's 9 per insert before, README "The bench's client").
+    /// against pgbench's 9 per insert before, README "A faster host, and the bench's client").
     pub async fn create_order(&self, customer: &str) -> anyhow::Result<Uuid> {
         let body = serde_json::to_vec(&NewOrder {
             customer_id: customer,
