@@ -4,7 +4,11 @@
 //!
 //! There is no linger: a request that finds the writer idle is written at once, alone.
 //! Under load the batch is whatever queued during the previous write, so the database
-//! commits (and flushes its WAL) once per batch instead of once per request.
+//! commits (and flushes its WAL) once per batch instead of once per request. One batch
+//! is in flight at a time: with two (the next written while the previous waits for its
+//! commit) the batches were half as large and each create cost more, in PostgreSQL and in
+//! the service, than the waiting they overlapped (README, "A faster host, and the
+//! bench's client").
 //!
 //! A batch that fails is never allowed to turn a valid request into an error it did not
 //! earn: each of its requests is then written again on its own, and gets that answer.
