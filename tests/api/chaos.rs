@@ -579,3 +579,29 @@ async fn create_at(app: &TestApp, address: &str) -> String {
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
     crate::helpers::id_of(&created.body)
 }
+
+/// The loads' lean create (`loadgen::Api::create_order`, which the bench and the loads of
+/// these tests call thousands of times a second) returns the id of the order the API made,
+/// and any other answer than 201 is an error that carries it.
+#[tokio::test]
+async fn the_load_clients_create_returns_the_id_of_the_order_made_and_fails_on_any_other_answer() {
+    let app = TestApp::spawn().await;
+    let client = loadgen::Api::new(&app.url(""), Duration::from_secs(10));
+    let id = client
+        .create_order("load-client")
+        .await
+        .expect("a 201 with the order");
+    let (status, order) = app.get(&format!("/orders/{id}")).await;
+    assert_eq!(status, StatusCode::OK, "{order}");
+    assert_eq!(order["customer_id"], "load-client");
+    assert_eq!(order["amount_cents"], 1999);
+    assert_eq!(order["currency"], "EUR");
+    assert_eq!(order["status"], "pending");
+
+    let misaimed = loadgen::Api::new(&app.url("/nowhere"), Duration::from_secs(10));
+    let error = misaimed
+        .create_order("load-client")
+        .await
+        .expect_err("a 404 is no create");
+    assert!(format!("{error:#}").contains("404"), "{error:#}");
+}
